@@ -1,0 +1,27 @@
+# Two commands do all the set-up on a fresh machine:
+#   make quickstart   the main job: the quickstart study on the embedded corpus, then its report
+#   make test         the test suite
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: quickstart test lint bench
+
+$(BIN)/optispace: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU wheel of torch; a plain `torch` may pull a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0 || $(BIN)/pip install -q torch
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+quickstart: $(BIN)/optispace
+	$(BIN)/optispace search searches/quickstart.toml
+	$(BIN)/optispace report --study quickstart --out reports/quickstart
+
+test: $(BIN)/optispace
+	$(BIN)/ruff check optispace primitives tests bench
+	$(BIN)/pytest
+
+bench: $(BIN)/optispace
+	$(BIN)/python bench/run_all.py

@@ -1,0 +1,1 @@
+"""optispace: optimizer design-space exploration for Transformer training."""

@@ -1,0 +1,64 @@
+"""The ``optispace`` command.
+
+Each subcommand lives in ``optispace/commands/<name>.py`` and provides ``HELP`` (one line),
+``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported only when their
+subcommand runs, so ``optispace recipes`` does not pay for Optuna or matplotlib.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from optispace.errors import UserError
+
+COMMANDS: dict[str, str] = {
+    "primitives": "list every primitive with its arguments, defaults and state cost",
+    "recipes": "list the named recipes as chains per role, with their state bytes on a model shape",
+    "train": "train one recipe on a transformer proxy",
+    "search": "run (or resume, or join as a worker) an Optuna study from a search file",
+    "report": "turn a study into tables, figures and Parquet",
+    "probe": "compare recipes on the token-geometry probes",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors exit 2 with one line (argparse already uses 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"optispace {self.prog.split()[-1]}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="optispace", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, help_text in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _module(name).add_arguments(p)
+    return parser
+
+
+def _module(name: str):
+    return importlib.import_module(f"optispace.commands.{name}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(_module(args.command).run(args) or 0)
+    except UserError as e:
+        print(f"optispace {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"optispace {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
