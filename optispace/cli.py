@@ -28,7 +28,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but usage errors exit 2 with one line (argparse already uses 2)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"optispace {self.prog.split()[-1]}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
