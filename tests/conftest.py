@@ -1,0 +1,21 @@
+"""Shared test settings.
+
+Hypothesis runs without per-example deadlines: the machines that run these tests are small and
+shared, and a deadline would make timing, not correctness, decide a test's outcome.
+"""
+
+import os
+
+import torch
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "optispace",
+    deadline=None,
+    max_examples=int(os.environ.get("OPTISPACE_HYPOTHESIS_EXAMPLES", "40")),
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile("optispace")
+
+# Tests compare runs bit for bit; a fixed thread count keeps CPU reductions in one order.
+torch.set_num_threads(min(2, torch.get_num_threads()))
