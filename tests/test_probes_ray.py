@@ -1,18 +1,23 @@
 """Ray fit on trajectories whose answer is known: straight lines, random walks, the null model."""
 
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from optispace.probes.ray import (
+    RayProbe,
+    Snapshots,
     bucket_summary,
     cos_successive,
     cos_total,
     null_steps,
     ray_fit,
-    snapshot_steps,
     stratified_sample,
+    token_frequencies,
     trajectory_statistics,
 )
 
@@ -114,8 +119,59 @@ def test_stratified_sample_spreads_over_frequency_decades():
     assert stratified_sample(counts, 1000, _gen()).tolist() == list(range(100))
 
 
-def test_snapshot_steps_are_even_and_end_at_the_last_step():
-    assert snapshot_steps(100, 4) == [25, 50, 75, 100]
-    assert snapshot_steps(3, 8) == [1, 2, 3]
-    with pytest.raises(ValueError, match="total_steps"):
-        snapshot_steps(0, 4)
+def test_snapshots_stay_evenly_spaced_without_knowing_the_run_length():
+    weight = torch.zeros(3, 2)
+    snaps = Snapshots(weight, None, points=2)
+    for step in range(1, 12):
+        weight += 1.0
+        snaps.after_step(step)
+    assert snaps.steps == [0, 4, 8]  # 1,2,3,4 -> 2,4 -> 2,4,6,8 -> 4,8 -> 4,8 (12 not reached)
+    steps = snaps.finish(11)
+    assert snaps.steps == [0, 4, 8, 11]
+    assert steps[:, 0, 0].tolist() == [4.0, 4.0, 3.0]
+
+
+def test_snapshots_of_a_row_sample_copy_only_those_rows():
+    weight = torch.arange(12.0).view(6, 2)
+    snaps = Snapshots(weight, torch.tensor([1, 4]), points=2)
+    assert snaps.copies[0].tolist() == [[2.0, 3.0], [8.0, 9.0]]
+
+
+class _Data:
+    """Stands for ``TokenData``: a training stream made of token arrays."""
+
+    def __init__(self, *arrays):
+        self.train = SimpleNamespace(arrays=[np.array(a, dtype=np.uint16) for a in arrays])
+
+
+def test_token_frequencies_count_the_training_stream():
+    assert token_frequencies(_Data([0, 1, 1], [3, 1]), 5).tolist() == [1, 3, 0, 1, 0]
+    assert token_frequencies(object(), 5) is None
+
+
+class _FakeOptimizer:
+    def __init__(self, groups):
+        self.param_groups = groups
+
+
+def test_probe_on_straight_and_random_rows_reports_buckets_with_their_null():
+    vocab, dim = 40, 8
+    embed, head = torch.zeros(vocab, dim), torch.zeros(vocab, dim)
+    opt = _FakeOptimizer([{"role": "embed", "params": [embed]}, {"role": "head", "params": [head]}])
+    probe = RayProbe(points=4, max_rows=30)
+    probe.on_start(None, opt, None, _Data(range(10)))  # the stream holds tokens 0..9 only
+    direction, g = torch.randn(vocab, dim, generator=_gen(3)), _gen(4)
+    x = torch.arange(10).view(1, 10)  # tokens 0..9 seen every step, the rest never
+    for step in range(1, 21):
+        embed += 0.01 * direction  # every row of embed moves on a straight line
+        head += 0.01 * torch.randn(vocab, dim, generator=g)  # head rows random-walk
+        probe.on_after_step(step, None, opt, (x, x))
+    result = probe.on_end(None)
+    embed_rows, head_rows = result["tables"]["embed"], result["tables"]["head"]
+    assert embed_rows["rows"] == 30 and embed_rows["snapshot_steps"][-1] == 20
+    assert [b["bucket"] for b in embed_rows["buckets"]] == ["all", "0", "10-99"]
+    assert [b["tokens"] for b in embed_rows["buckets"]] == [30, 20, 10]  # stratified: all 10 seen rows kept
+    assert embed_rows["buckets"][0]["ray_fit"] == pytest.approx(1.0)
+    assert embed_rows["buckets"][0]["ray_fit_margin"] > 0.2
+    assert abs(head_rows["buckets"][0]["ray_fit_margin"]) < 0.1
+    assert result["value"] == embed_rows["buckets"][0]["ray_fit_margin"]

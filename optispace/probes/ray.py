@@ -1,8 +1,8 @@
 """Ray fit of token trajectories: does each token's row move along one direction?
 
-Snapshots of the rows of ``embed`` and ``head`` are taken at ``points`` evenly spaced steps (plus the
-start). For a token with interval displacements ``d_1 .. d_k`` (row at snapshot t minus row at t-1) and
-displacements from the start ``D_t = d_1 + ... + d_t``:
+Snapshots of the rows of ``embed`` and ``head`` are taken at evenly spaced steps (plus the start; see
+``Snapshots``). For a token with interval displacements ``d_1 .. d_k`` (row at snapshot t minus row at
+t-1) and displacements from the start ``D_t = d_1 + ... + d_t``:
 
 - ray fit: the share of the trajectory's variance along its first principal component, i.e.
   ``lambda_1 / sum_i lambda_i`` of the covariance of the k+1 points ``0, D_1, .., D_k``; 1 for a
@@ -14,7 +14,9 @@ displacements from the start ``D_t = d_1 + ... + d_t``:
 A high ray fit alone means little: a random walk whose steps shrink with the lr schedule scores high
 too. Every statistic is therefore computed again on a null model of the same run (same rows, same
 norm of every interval displacement, directions drawn uniformly at random), and summaries state the
-margin, observed minus null. Summaries are by token-frequency decade (see ``tracking``).
+margin, observed minus null. Summaries are by token-frequency decade (see ``tracking``) of the counts
+seen in training. The probe's ``value`` is the ray-fit margin over all tokens of ``embed`` (``head``
+when the table is tied or absent).
 """
 
 from __future__ import annotations
@@ -128,19 +130,62 @@ def bucket_summary(
     return rows
 
 
-def snapshot_steps(total_steps: int, points: int) -> list[int]:
-    """``points`` steps spread evenly over ``1..total_steps``, the last one being ``total_steps``."""
-    if total_steps < 1 or points < 1:
-        raise ValueError(f"ray probe: total_steps={total_steps} and points={points} must both be >= 1")
-    return sorted({max(1, round(i * total_steps / points)) for i in range(1, points + 1)})
+def token_frequencies(data, vocab: int) -> torch.Tensor | None:
+    """Unigram counts of the training stream of ``data`` (a ``TokenData``), or None if it has none."""
+    stream = getattr(data, "train", None)
+    if stream is None:
+        return None
+    counts = torch.zeros(vocab, dtype=torch.long)
+    for array in stream.arrays:
+        counts += torch.bincount(torch.from_numpy(array.astype("int64")), minlength=vocab)[:vocab]
+    return counts
+
+
+class Snapshots:
+    """Copies of one table's rows at evenly spaced steps, without knowing how many steps there will be.
+
+    A copy is taken every ``interval`` steps, starting at 1; when ``2 * points`` copies have piled up,
+    every other one is dropped and the interval doubles. So between ``points`` and ``2 * points``
+    evenly spaced copies remain (besides the start), and ``finish`` adds the last step if missing.
+    """
+
+    def __init__(self, weight: torch.Tensor, rows: torch.Tensor | None, points: int) -> None:
+        self.weight, self.rows, self.points = weight, rows, points
+        self.interval = 1
+        self.steps: list[int] = [0]
+        self.copies: list[torch.Tensor] = [self._copy()]
+
+    def _copy(self) -> torch.Tensor:
+        w = self.weight.detach()
+        return (w if self.rows is None else w[self.rows.to(w.device)]).to("cpu", torch.float32, copy=True)
+
+    def after_step(self, step: int) -> None:
+        """Take a copy if ``step`` is on the grid; thin the grid when it is full."""
+        if step % self.interval:
+            return
+        self.steps.append(step)
+        self.copies.append(self._copy())
+        if len(self.steps) - 1 == 2 * self.points:
+            self.interval *= 2
+            keep = [i for i, s in enumerate(self.steps) if s % self.interval == 0]
+            self.steps = [self.steps[i] for i in keep]
+            self.copies = [self.copies[i] for i in keep]
+
+    def finish(self, last_step: int) -> torch.Tensor:
+        """The interval displacements (intervals, rows, dim), the last one ending at ``last_step``."""
+        if self.steps[-1] != last_step:
+            self.steps.append(last_step)
+            self.copies.append(self._copy())
+        return torch.stack(self.copies).diff(dim=0)
 
 
 class RayProbe:
     """Training callback: snapshots the token tables and summarises their trajectories at the end.
 
-    ``points``: snapshots after the start (k); ``max_rows``: rows kept per table (all when the table
-    is smaller, else a frequency-stratified sample chosen at the first snapshot from the counts so
-    far); ``seed``: for the sample and the null directions.
+    ``points``: at least this many intervals, at most twice as many (see ``Snapshots``);
+    ``max_rows``: rows kept per table; a larger table keeps a sample stratified by the unigram
+    frequency of the training stream (uniform when ``data`` has none); ``seed``: for the sample and
+    the null directions.
     """
 
     name = "ray"
@@ -149,47 +194,44 @@ class RayProbe:
         self.points, self.max_rows, self.seed = points, max_rows, seed
 
     def on_start(self, model, optimizer, roles, data) -> None:
-        self.tables = table_params(params_by_role(optimizer, roles))
-        self.counters = {role: TokenCounter(w.shape[0]) for role, w in self.tables.items()}
-        self.steps_to_take = set(snapshot_steps(data.total_steps, self.points))
-        self.rows: dict[str, torch.Tensor | None] = dict.fromkeys(self.tables)
-        self.snapshots: dict[str, list[torch.Tensor]] = {r: [self._copy(r)] for r in self.tables}
+        tables = table_params(params_by_role(optimizer, roles))
+        self.counters = {role: TokenCounter(w.shape[0]) for role, w in tables.items()}
+        self.snapshots = {
+            role: Snapshots(w, self._rows(w.shape[0], data), self.points) for role, w in tables.items()
+        }
+        self.last_step = 0
 
-    def _copy(self, role: str) -> torch.Tensor:
-        weight = self.tables[role].detach()
-        rows = self.rows.get(role)
-        return (weight if rows is None else weight[rows.to(weight.device)]).to(
-            "cpu", torch.float32, copy=True
-        )
+    def _rows(self, vocab: int, data) -> torch.Tensor | None:
+        if vocab <= self.max_rows:
+            return None
+        frequencies = token_frequencies(data, vocab)
+        if frequencies is None:
+            frequencies = torch.zeros(vocab, dtype=torch.long)
+        return stratified_sample(frequencies, self.max_rows, torch.Generator().manual_seed(self.seed))
 
     def on_after_step(self, step, model, optimizer, batch) -> None:
         for role, counter in self.counters.items():
             counter.update(step, batch_tokens(role, batch))
-        if step not in self.steps_to_take:
-            return
-        for role in self.tables:
-            if len(self.snapshots[role]) == 1 and self.tables[role].shape[0] > self.max_rows:
-                generator = torch.Generator().manual_seed(self.seed)
-                self.rows[role] = stratified_sample(self.counters[role].counts, self.max_rows, generator)
-                self.snapshots[role][0] = self.snapshots[role][0][self.rows[role]]
-            self.snapshots[role].append(self._copy(role))
+            self.snapshots[role].after_step(step)
+        self.last_step = step
 
     def on_end(self, record) -> dict:
         generator = torch.Generator().manual_seed(self.seed + 1)
-        result: dict = {"points": self.points, "tables": {}}
-        for role, snaps in self.snapshots.items():
-            if len(snaps) < 3:  # two intervals at least, or successive cosines are undefined
+        result: dict = {"tables": {}}
+        for role, snapshots in self.snapshots.items():
+            if self.last_step < 2:  # two intervals at least, or successive cosines are undefined
                 continue
-            steps = torch.stack(snaps).diff(dim=0)
+            steps = snapshots.finish(self.last_step)
             counts = self.counters[role].counts
-            if self.rows[role] is not None:
-                counts = counts[self.rows[role]]
+            if snapshots.rows is not None:
+                counts = counts[snapshots.rows]
             observed = trajectory_statistics(steps)
             null = trajectory_statistics(null_steps(steps, generator))
             result["tables"][role] = {
                 "rows": steps.shape[1],
+                "snapshot_steps": snapshots.steps,
                 "buckets": bucket_summary(observed, null, counts),
             }
-        overall = [t["buckets"][0] for t in result["tables"].values() if t["buckets"]]
-        result["value"] = min((row["ray_fit_margin"] for row in overall), default=None)
+        lead = next((result["tables"][r] for r in ("embed", "head") if r in result["tables"]), None)
+        result["value"] = lead["buckets"][0]["ray_fit_margin"] if lead and lead["buckets"] else None
         return result
