@@ -1,0 +1,131 @@
+"""A GPT-style decoder for the proxies, readable in one sitting.
+
+Pre-norm blocks (RMSNorm), causal self-attention through ``F.scaled_dot_product_attention`` with rotary
+position embeddings (RoPE, Su et al. 2021: position information without parameters, so the only
+``nn.Embedding`` is the token table), a GELU MLP, and an LM head named ``lm_head``: its own matrix by
+default, the embedding tensor when ``tied``. Initialisation follows GPT-2: N(0, 0.02), residual output
+projections scaled by 1/sqrt(2 * layers).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+INIT_STD = 0.02
+ROPE_BASE = 10_000.0
+NORM_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the decoder: vocabulary, width, depth, heads, context length."""
+
+    vocab_size: int
+    dim: int
+    layers: int
+    heads: int
+    seq_len: int
+    tied: bool = False
+    mlp_ratio: int = 4
+
+    def __post_init__(self) -> None:
+        if self.dim % self.heads or (self.dim // self.heads) % 2:
+            raise ValueError(f"ModelConfig: dim {self.dim} must split into {self.heads} heads of even size "
+                             "(rotary embeddings rotate pairs of channels)")
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token, 6N + 12*L*T*D over non-embedding weights N (PaLM, appendix B)."""
+        per_layer = (4 + 2 * self.mlp_ratio) * self.dim**2
+        head = self.vocab_size * self.dim
+        return 6 * (self.layers * per_layer + head) + 12 * self.layers * self.seq_len * self.dim
+
+
+def rotary_tables(seq_len: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of angle t * base^(-2i/head_dim), shaped (seq_len, head_dim / 2)."""
+    inv_freq = ROPE_BASE ** -(torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float64), inv_freq)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (i, i + half) of ``x`` (..., T, head_dim) by the position's angles."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos[: x.shape[-2]].to(x.dtype), sin[: x.shape[-2]].to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.heads = cfg.heads
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
+        self.proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(cfg.dim, cfg.mlp_ratio * cfg.dim, bias=False)
+        self.proj = nn.Linear(cfg.mlp_ratio * cfg.dim, cfg.dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.gelu(self.fc(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(cfg.dim, eps=NORM_EPS)
+        self.attn = Attention(cfg)
+        self.mlp_norm = nn.RMSNorm(cfg.dim, eps=NORM_EPS)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class GPT(nn.Module):
+    """``GPT(cfg)(idx)`` gives logits (B, T, V); ``GPT(cfg)(idx, targets)`` the mean cross-entropy."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        self.norm = nn.RMSNorm(cfg.dim, eps=NORM_EPS)
+        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        cos, sin = rotary_tables(cfg.seq_len, cfg.dim // cfg.heads)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+        self._init_weights()
+        if cfg.tied:
+            self.lm_head.weight = self.embed.weight
+
+    def _init_weights(self) -> None:
+        residual_std = INIT_STD / math.sqrt(2 * self.cfg.layers)
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                nn.init.normal_(p, std=residual_std if name.endswith("proj.weight") else INIT_STD)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.embed(idx)
+        for block in self.blocks:
+            x = block(x, self.cos, self.sin)
+        logits = self.lm_head(self.norm(x))
+        if targets is None:
+            return logits
+        # the loss in fp32 even under bf16 autocast: a softmax over a large vocabulary needs the range
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())

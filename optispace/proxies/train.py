@@ -1,0 +1,326 @@
+"""The proxies' training loop: ``train(TrainConfig) -> RunRecord``.
+
+One run = one recipe on one tier for a token budget: warmup then decay, grad-norm clipping, evaluation
+every ``eval_every`` steps on fixed validation batches. Steps are counted from 1: step k is the k-th
+forward/backward/update, and a curve point at step k is measured after update k.
+
+Reproducibility: the seed fixes the initialisation and the batches (batch k depends on (seed, k) only),
+so a CPU rerun gives bit-identical losses, and a checkpoint (model, optimizer, step, RNG, curve) resumes
+bit for bit. On CUDA: bf16 autocast, TF32 matmuls, optional ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from optispace.errors import UserError
+from optispace.proxies.data import TokenData, check_fits, load_data, train_batch, val_batches
+from optispace.proxies.model import GPT
+from optispace.proxies.tiers import TIERS
+
+SCHEDULES = ("cosine", "linear", "wsd", "constant")
+WSD_DECAY = 0.2  # warmup-stable-decay: linear decay over the last 20% of steps (Hagele et al. 2024)
+DIVERGENCE_FACTOR = 2.0  # a loss above twice that of a uniform guess (2 ln V) counts as diverged
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What to train; ``tokens=None`` takes the tier's default budget, ``lr=None`` the recipe's lr."""
+
+    recipe: str | Mapping[str, str]
+    proxy: str = "small"
+    tokens: int | None = None
+    lr: float | None = None
+    role_lr: Mapping[str, float] = field(default_factory=dict)
+    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    device: str = "auto"
+    data: str | Path | None = None
+    schedule: str = "cosine"
+    warmup: float = 0.1
+    grad_clip: float | None = 1.0
+    eval_every: int = 50
+    eval_batches: int = 8
+    compile: bool = False
+    cache_dir: str | Path | None = None
+    probes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "probes", tuple(self.probes))
+        checks = [
+            (self.proxy in TIERS, "proxy", self.proxy, f"one of {', '.join(TIERS)}"),
+            (self.tokens is None or self.tokens > 0, "tokens", self.tokens, "a positive token budget"),
+            (self.lr is None or self.lr > 0, "lr", self.lr, "a positive learning rate"),
+            (all(v > 0 for v in self.role_lr.values()), "role_lr", dict(self.role_lr), "positive lrs"),
+            (self.seed >= 0, "seed", self.seed, "an integer >= 0"),
+            (self.device in ("auto", "cpu") or self.device.startswith("cuda"), "device", self.device,
+             "auto, cpu or cuda[:N]"),
+            (self.schedule in SCHEDULES, "schedule", self.schedule, f"one of {', '.join(SCHEDULES)}"),
+            (0 <= self.warmup < 1, "warmup", self.warmup, "a fraction of the steps in [0, 1)"),
+            (self.grad_clip is None or self.grad_clip > 0, "grad_clip", self.grad_clip,
+             "a positive norm, or None for no clipping"),
+            (self.eval_every >= 1, "eval_every", self.eval_every, "a number of steps >= 1"),
+            (self.eval_batches >= 1, "eval_batches", self.eval_batches, "a number of batches >= 1"),
+        ]
+        for ok, name, value, allowed in checks:
+            if not ok:
+                raise UserError(f"TrainConfig.{name}: {value!r} is not allowed; use {allowed}")
+
+    def as_dict(self) -> dict:
+        """The config as plain JSON types (paths as strings, tuples as lists)."""
+        return json.loads(json.dumps(asdict(self), default=str))
+
+
+@dataclass
+class RunRecord:
+    """The result of one run. ``curve`` points: step, tokens, train_loss, val_loss, elapsed_s.
+    ``diverged`` is None, "non-finite loss" or "loss above bound"; then ``final_val_loss`` is None."""
+
+    config: dict
+    corpus: dict
+    curve: list[dict] = field(default_factory=list)
+    final_val_loss: float | None = None
+    diverged: str | None = None
+    diverged_step: int | None = None
+    tokens_per_s: float = 0.0
+    wall_time_s: float = 0.0
+    state_bytes: dict[str, int] = field(default_factory=dict)
+    device: str = "cpu"
+    probes: dict[str, dict] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def lr_multiplier(schedule: str, warmup: float, steps: int, step: int) -> float:
+    """The factor on each base lr at step ``step`` (1-based) of ``steps``: linear warmup to 1 over
+    ``ceil(warmup * steps)`` steps, then ``schedule`` decays it from 1 towards 0 (not reaching 0: the
+    last step still updates)."""
+    warm = math.ceil(warmup * steps)
+    if step <= warm:
+        return step / warm
+    p = (step - warm - 1) / (steps - warm)  # in [0, 1)
+    if schedule == "linear":
+        return 1.0 - p
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * p))
+    if schedule == "wsd":
+        return min(1.0, (1.0 - p) / WSD_DECAY)
+    return 1.0
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is cuda when a GPU is visible, else cpu; asking for cuda without one is a user error."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device: {name} was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    return torch.device(name)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Interim stand-in for optispace.Optimizer: torch AdamW with the recipe's lr."""
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr or 1e-3, **cfg.hyperparameters)
+
+
+def state_bytes(optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """Interim: bytes of all optimizer state tensors, under one key."""
+    total = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
+                if torch.is_tensor(t))
+    return {"all": total}
+
+
+def train(cfg: TrainConfig, on_eval: Callable[[int, int, float], None] | None = None,
+          callbacks: Sequence[Any] = (), progress: bool = True, *,
+          checkpoint: str | Path | None = None, resume: str | Path | None = None) -> RunRecord:
+    """Train ``cfg`` and return its record. ``on_eval(step, tokens, val_loss)`` runs after each
+    evaluation and may raise (e.g. optuna.TrialPruned) out of ``train``; divergence never raises.
+    ``checkpoint``: a file rewritten at each evaluation; ``resume``: such a file to continue from."""
+    tier = TIERS[cfg.proxy]
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls
+    torch.manual_seed(cfg.seed)
+    model = GPT(tier.model).to(device)
+    optimizer = make_optimizer(model, cfg)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    data = load_data(cfg.data, tier.model.vocab_size, cfg.cache_dir)
+    check_fits(data, tier.model.seq_len)
+    steps = math.ceil((cfg.tokens or tier.tokens) / tier.tokens_per_step)
+    config = cfg.as_dict() | {"steps": steps, "batch_size": tier.batch_size, "seq_len": tier.model.seq_len,
+                              "tokens_per_step": tier.tokens_per_step, "model": asdict(tier.model)}
+    record = RunRecord(config=config, corpus=data.info, device=str(device))
+    callbacks = [*callbacks, *_probe_callbacks(cfg.probes)]
+    start, elapsed_before = 0, 0.0
+    if resume is not None:
+        start, elapsed_before = _load_checkpoint(Path(resume), model, optimizer, record)
+    run = _Run(cfg, model, optimizer, base_lrs, data, device, steps, callbacks, record)
+    _notify_start(callbacks, model, optimizer, data)
+    run.loop(start, elapsed_before, on_eval, progress, None if checkpoint is None else Path(checkpoint))
+    record.state_bytes = state_bytes(optimizer)
+    for cb in callbacks:
+        summary = cb.on_end(record) if hasattr(cb, "on_end") else None
+        if summary is not None:
+            record.probes[cb.name] = summary
+    return record
+
+
+class _Run:
+    """The state of one training run between steps."""
+
+    def __init__(self, cfg: TrainConfig, model: GPT, optimizer: torch.optim.Optimizer, base_lrs: list[float],
+                 data: TokenData, device: torch.device, steps: int, callbacks: list, record: RunRecord):
+        tier = TIERS[cfg.proxy]
+        self.cfg, self.model, self.optimizer, self.base_lrs = cfg, model, optimizer, base_lrs
+        self.data, self.device, self.steps = data, device, steps
+        self.callbacks, self.record = callbacks, record
+        self.batch_size, self.seq_len = tier.batch_size, tier.model.seq_len
+        self.forward = torch.compile(model) if cfg.compile else model
+        self.val = [(x.to(device), y.to(device))
+                    for x, y in val_batches(data, cfg.eval_batches, self.batch_size, self.seq_len)]
+        self.bound = DIVERGENCE_FACTOR * math.log(tier.model.vocab_size)
+
+    def precision(self) -> contextlib.AbstractContextManager:
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def loop(self, start: int, elapsed_before: float, on_eval, progress: bool,
+             checkpoint: Path | None) -> None:
+        from tqdm.auto import tqdm
+
+        record, tokens_per_step = self.record, self.batch_size * self.seq_len
+        t_start, train_time, done = time.perf_counter(), 0.0, 0
+        recipe = self.cfg.recipe if isinstance(self.cfg.recipe, str) else "chains"
+        bar = tqdm(total=self.steps, initial=start, disable=None if progress else True, unit="step",
+                   desc=f"{self.cfg.proxy} {recipe}", leave=False)
+        with bar:
+            for step in range(start + 1, self.steps + 1):
+                t0 = time.perf_counter()
+                loss = self.train_step(step)
+                train_time += time.perf_counter() - t0
+                if record.diverged:
+                    break
+                done = step - start
+                bar.update(1)
+                tokens_per_s = done * tokens_per_step / train_time
+                bar.set_postfix_str(f"loss {loss:.4f}, {tokens_per_s:,.0f} tok/s", refresh=False)
+                if step % self.cfg.eval_every and step != self.steps:
+                    continue
+                val_loss = self.evaluate()
+                record.curve.append({"step": step, "tokens": step * tokens_per_step, "train_loss": loss,
+                                     "val_loss": val_loss,
+                                     "elapsed_s": elapsed_before + time.perf_counter() - t_start})
+                if self.check_divergence(val_loss, step):
+                    break
+                if checkpoint is not None:
+                    self.save_checkpoint(checkpoint, step, record.curve[-1]["elapsed_s"])
+                if on_eval is not None:
+                    on_eval(step, step * tokens_per_step, val_loss)
+        if done:
+            record.tokens_per_s = done * tokens_per_step / train_time
+        record.wall_time_s = elapsed_before + time.perf_counter() - t_start
+        if not record.diverged and record.curve:
+            record.final_val_loss = record.curve[-1]["val_loss"]
+
+    def train_step(self, step: int) -> float:
+        """One update; returns the training loss, or marks the record diverged (no update made)."""
+        x, y = (t.to(self.device, non_blocking=True)
+                for t in train_batch(self.data, self.cfg.seed, step, self.batch_size, self.seq_len))
+        factor = lr_multiplier(self.cfg.schedule, self.cfg.warmup, self.steps, step)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * factor
+        with self.precision():
+            loss = self.forward(x, y)
+        loss.backward()
+        value = loss.item()
+        if self.check_divergence(value, step):
+            return value
+        for cb in self.callbacks:
+            if hasattr(cb, "on_after_backward"):
+                cb.on_after_backward(step, self.model, self.optimizer, (x, y))
+        if self.cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        for cb in self.callbacks:
+            if hasattr(cb, "on_after_step"):
+                cb.on_after_step(step, self.model, self.optimizer, (x, y))
+        return value
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss over the fixed validation batches."""
+        self.model.eval()
+        with self.precision():
+            losses = [self.forward(x, y).item() for x, y in self.val]
+        self.model.train()
+        return sum(losses) / len(losses)
+
+    def check_divergence(self, loss: float, step: int) -> bool:
+        if math.isfinite(loss) and loss <= self.bound:
+            return False
+        self.record.diverged = "non-finite loss" if not math.isfinite(loss) else "loss above bound"
+        self.record.diverged_step = step
+        return True
+
+    def save_checkpoint(self, path: Path, step: int, elapsed: float) -> None:
+        """Everything a resumed run needs, written to a temp file and renamed (never half-written)."""
+        state = {"format": CHECKPOINT_FORMAT, "config": self.record.config, "step": step,
+                 "elapsed_s": elapsed, "curve": self.record.curve, "model": self.model.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "rng": torch.get_rng_state(),
+                 "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None}
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+
+
+def _load_checkpoint(path: Path, model: GPT, optimizer: torch.optim.Optimizer,
+                     record: RunRecord) -> tuple[int, float]:
+    """Restore a checkpoint into ``model``/``optimizer``/``record``; returns (step, elapsed seconds)."""
+    if not path.is_file():
+        raise UserError(f"resume: checkpoint {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"resume: {path} is not an optispace checkpoint of format {CHECKPOINT_FORMAT}")
+    differ = sorted(k for k in record.config.keys() | state["config"].keys()
+                    if record.config.get(k) != state["config"].get(k))
+    if differ:
+        raise UserError(f"resume: {path} was made with a different config ({', '.join(differ)} differ); "
+                        "resume with the same settings")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"])
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    record.curve = list(state["curve"])
+    return state["step"], state["elapsed_s"]
+
+
+def _probe_callbacks(names: tuple[str, ...]) -> list:
+    if not names:
+        return []
+    from optispace.probes import build
+
+    return list(build(names))
+
+
+def _notify_start(callbacks: list, model: GPT, optimizer: torch.optim.Optimizer, data: TokenData) -> None:
+    starters = [cb for cb in callbacks if hasattr(cb, "on_start")]
+    if not starters:
+        return
+    from optispace.roles import assign_roles
+
+    roles = assign_roles(model)
+    for cb in starters:
+        cb.on_start(model, optimizer, roles, data)
