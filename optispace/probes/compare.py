@@ -32,17 +32,19 @@ def run_comparison(
     progress: bool = False,
     on_run: Callable[[dict], None] | None = None,
 ) -> list[dict]:
-    """Train every recipe on every seed with ``probes`` attached; one run dict each, in order."""
-    from optispace.proxies import TIERS, TrainConfig, train
+    """Train every recipe on every seed with ``probes`` attached; one run dict each, in order.
 
-    budget = tokens if tokens is not None else TIERS[proxy].tokens
+    ``tokens=None`` is the tier's default budget; ``on_run`` sees each run as it finishes.
+    """
+    from optispace.proxies import TrainConfig, train
+
     runs = []
     for recipe in recipes:
         for seed in seeds:
             cfg = TrainConfig(
                 recipe=recipe,
                 proxy=proxy,
-                tokens=budget,
+                tokens=tokens,
                 seed=seed,
                 device=device,
                 data=data,

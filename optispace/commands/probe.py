@@ -1,0 +1,89 @@
+"""``optispace probe``: train recipes x seeds with the token-geometry probes on, and write the report.
+
+``--rebuild`` rewrites the report from the ``runs.json`` an earlier run left in ``--out``, training
+nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from optispace.errors import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipes", default="adamw,ember,adafactor", help="comma-separated recipe names")
+    parser.add_argument("--proxy", default="small", help="tier: tiny, small, medium or base (default small)")
+    parser.add_argument("--seeds", type=int, default=3, help="number of seeds, 0 .. N-1 (default 3)")
+    parser.add_argument("--tokens", type=int, help="token budget per run (default: the tier's)")
+    parser.add_argument("--probes", default="ray,geometry,outliers", help="comma-separated probes")
+    parser.add_argument("--data", help="data spec, as for `optispace train` (default: the stdlib corpus)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--out", type=Path, required=True, help="folder for the report (created if missing)")
+    parser.add_argument("--rebuild", action="store_true", help="rewrite the report from OUT/runs.json")
+
+
+def _names(text: str, option: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise UserError(f"{option}: give at least one name, comma-separated")
+    return names
+
+
+def _check(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    from optispace.probes import PROBES
+    from optispace.proxies import TIERS
+    from optispace.recipes import RECIPES
+
+    recipes, probes = _names(args.recipes, "--recipes"), _names(args.probes, "--probes")
+    for option, names, known in (("--recipes", recipes, RECIPES), ("--probes", probes, PROBES)):
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise UserError(f"{option}: unknown {unknown[0]!r}; known: {', '.join(known)}")
+    if args.proxy not in TIERS:
+        raise UserError(f"--proxy: unknown tier {args.proxy!r}; known: {', '.join(TIERS)}")
+    if args.seeds < 1:
+        raise UserError(f"--seeds: {args.seeds} is not a positive number of seeds")
+    if args.tokens is not None and args.tokens <= 0:
+        raise UserError(f"--tokens: {args.tokens} is not a positive token budget")
+    return recipes, probes
+
+
+def run(args: argparse.Namespace) -> int:
+    from optispace.probes import compare, report
+
+    command = "optispace " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if args.rebuild:
+        if not (args.out / report.RUNS_FILE).is_file():
+            raise UserError(f"--rebuild: {args.out / report.RUNS_FILE} does not exist; run without --rebuild")
+        header, runs = report.read_runs(args.out)
+    else:
+        recipes, probes = _check(args)
+        started = time.perf_counter()
+        runs = compare.run_comparison(
+            recipes,
+            args.proxy,
+            range(args.seeds),
+            tokens=args.tokens,
+            probes=probes,
+            data=args.data,
+            device=args.device,
+            progress=True,
+            on_run=lambda r: print(
+                f"{r['recipe']} seed {r['seed']}: val loss {r['final_val_loss']}, "
+                f"{r['tokens_per_s']:,.0f} tokens/s",
+                file=sys.stderr,
+            ),
+        )
+        minutes = (time.perf_counter() - started) / 60
+        header = (
+            f"# Token geometry: {', '.join(recipes)} on the {args.proxy} proxy\n\n"
+            f"Made by `{command}` in {minutes:.1f} min ({len(runs)} runs).\n"
+        )
+    path = report.write_report(runs, args.out, header)
+    print(f"wrote {path}")
+    return 0
