@@ -1,0 +1,236 @@
+"""PNG figures of a report, drawn with matplotlib's object API (no pyplot, no global backend).
+
+Helpers other reports reuse (the probe report does):
+
+- ``new_figure(nrows, ncols, width=, height=)``: a Figure and its axes in the house style (fonts
+  legible at the width a Markdown viewer shows, light grid, no top/right spines);
+- ``save_png(fig, path)``: writes the PNG without a timestamp or software tag, so the same figure
+  gives the same bytes;
+- ``format_bytes(n)``: ``12.0 KiB`` style byte counts for axes and tables;
+- ``COLORS``: the colour of the k-th series, the same in every figure of a report.
+
+The report's own figures: ``pareto_figure``, ``sensitivity_figure``, ``curves_figure``,
+``map_figure``. Each takes frames from ``optispace.report.analyses`` and a path, and returns
+the path.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import polars as pl
+from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter, FuncFormatter
+
+STYLE: dict[str, Any] = {
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "legend.fontsize": 9,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "savefig.dpi": 120,
+}
+COLORS: tuple[str, ...] = tuple(matplotlib.colormaps["tab10"].colors)  # type: ignore[attr-defined]
+_MUTED = "#9a9a9a"
+
+
+def new_figure(
+    nrows: int = 1, ncols: int = 1, *, width: float = 7.0, height: float = 4.5
+) -> tuple[Figure, Any]:
+    """A figure of ``nrows`` x ``ncols`` axes in the house style; axes squeezed as in subplots."""
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(width, height), layout="constrained")
+        axes = fig.subplots(nrows, ncols, squeeze=True)
+    return fig, axes
+
+
+def save_png(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` as PNG with no metadata that changes between runs; return ``path``."""
+    with matplotlib.rc_context(STYLE):
+        fig.savefig(path, format="png", metadata={"Software": None})
+    return path
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes in binary units: ``0 B``, ``512 B``, ``12.0 KiB``, ``1.5 MiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def pareto_figure(points: pl.DataFrame, front: pl.DataFrame, labels: pl.DataFrame, path: Path) -> Path:
+    """Val loss vs optimizer state bytes: every finished trial, the front highlighted and labelled.
+
+    ``points``: number, val_loss, state_bytes; ``front``: the same for the front's trials;
+    ``labels``: structure -> label, to name each front point by its structure.
+    """
+    fig, ax = new_figure(width=7.0, height=4.5)
+    unit, unit_name = _bytes_unit(points["state_bytes"])
+    x = points["state_bytes"] / unit
+    ax.scatter(x, points["val_loss"], s=12, color=_MUTED, alpha=0.5, label="trial")
+    named = front.join(labels.select("structure", "label"), on="structure", how="left").with_columns(
+        x=pl.col("state_bytes") / unit
+    )
+    ax.step(named["x"], named["val_loss"], where="post", color=COLORS[0], linewidth=1.2)
+    ax.scatter(named["x"], named["val_loss"], s=36, color=COLORS[0], zorder=3, label="Pareto front")
+    for i, row in enumerate(named.iter_rows(named=True)):
+        # Alternate above/below so neighbouring labels on a steep front do not collide.
+        dy = 8 if i % 2 == 0 else -14
+        ax.annotate(
+            row["label"] or f"#{row['number']}",
+            (row["x"], row["val_loss"]),
+            textcoords="offset points",
+            xytext=(5, dy),
+            fontsize=9,
+        )
+    _bytes_scale(ax, x)
+    ax.set_xlabel(f"optimizer state ({unit_name})")
+    ax.set_ylabel("final val loss (nats/token)")
+    ax.set_title("Val loss vs optimizer state")
+    ax.legend(loc="upper right")
+    return save_png(fig, path)
+
+
+def sensitivity_figure(points: pl.DataFrame, roles: list[str], window: float, path: Path) -> Path:
+    """Val loss vs lr, one panel per role, one colour per structure.
+
+    ``points``: label, rank, val_loss (null when diverged), diverged, and ``lr.<role>`` columns.
+    The y axis spans ``window`` above the least loss; a loss above it is drawn as a triangle at the
+    top edge, a diverged trial as an x there.
+    """
+    ncols = 2 if len(roles) > 1 else 1
+    nrows = math.ceil(len(roles) / ncols)
+    fig, axes = new_figure(nrows, ncols, width=8.0 if ncols == 2 else 6.0, height=3.0 * nrows + 1.2)
+    axes = np.atleast_1d(axes).ravel()
+    labels = points.select("label", "rank").unique().sort("rank")["label"].to_list()
+    finished = points.filter(pl.col("val_loss").is_not_null())
+    low = float(finished["val_loss"].min()) if len(finished) else 0.0
+    high = min(float(finished["val_loss"].max()) if len(finished) else 1.0, low + window)
+    pad = 0.05 * max(high - low, 1e-3)
+    top = high + pad
+    for ax, role in zip(axes, roles, strict=False):
+        lr = f"lr.{role}"
+        for k, label in enumerate(labels):
+            mine = points.filter(pl.col("label") == label).sort(lr)
+            color = COLORS[k % len(COLORS)]
+            inside = mine.filter(pl.col("val_loss") <= high)
+            above = mine.filter(pl.col("val_loss") > high)
+            bad = mine.filter(pl.col("diverged"))
+            ax.plot(inside[lr], inside["val_loss"], "o", color=color, ms=4, label=label)
+            # Empty artists drawn outside the axes collapse constrained layout: skip them.
+            if len(above):
+                ax.plot(above[lr], [top] * len(above), "^", color=color, ms=5, mfc="none", clip_on=False)
+            if len(bad):
+                ax.plot(bad[lr], [top] * len(bad), "x", color=color, ms=6, clip_on=False)
+        ax.set_xscale("log")
+        ax.set_ylim(low - pad, top)
+        ax.set_title(role)
+        ax.set_xlabel(f"lr of {role}")
+        ax.set_ylabel("final val loss (nats/token)")
+    for ax in axes[len(roles) :]:
+        ax.set_visible(False)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncols=min(len(names), 6), title="structure")
+    fig.suptitle("Learning-rate sensitivity (top edge: \u25b3 loss above the axis, \u00d7 diverged)")
+    return save_png(fig, path)
+
+
+def curves_figure(curves: pl.DataFrame, path: Path) -> Path:
+    """Val loss vs tokens (vs step when tokens are unknown) of each structure's best trial.
+
+    ``curves``: label, number, step, tokens, val_loss, sorted by structure rank then step.
+    """
+    use_tokens = curves["tokens"].null_count() == 0
+    x = "tokens" if use_tokens else "step"
+    fig, ax = new_figure(width=7.0, height=4.5)
+    finite = curves.filter(pl.col("val_loss").is_finite())
+    low, high = _loss_window(finite["val_loss"], head=1.0)
+    for k, label in enumerate(dict.fromkeys(curves["label"].to_list())):
+        mine = finite.filter(pl.col("label") == label)
+        number = mine["number"][0] if len(mine) else None
+        ax.plot(mine[x], mine["val_loss"], color=COLORS[k % len(COLORS)], label=f"{label} (trial {number})")
+    ax.set_ylim(low, high)
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    ax.set_xlabel("tokens seen" if use_tokens else "step")
+    ax.set_ylabel("val loss (nats/token)")
+    ax.set_title("Val loss of the best trial of each top structure")
+    ax.legend(loc="upper right")
+    return save_png(fig, path)
+
+
+def map_figure(shares: pl.DataFrame, path: Path) -> Path:
+    """Heat map, role x (family: choice): the share of sufficient structures using each choice.
+
+    ``shares``: role, family, choice, share; a role that does not offer a choice is left blank.
+    """
+    columns = list(
+        dict.fromkeys(f"{f}: {c}" for f, c in zip(shares["family"], shares["choice"], strict=True))
+    )
+    roles = list(dict.fromkeys(shares["role"].to_list()))
+    grid = np.full((len(roles), len(columns)), np.nan)
+    for row in shares.iter_rows(named=True):
+        if row["share"] is not None:
+            grid[roles.index(row["role"]), columns.index(f"{row['family']}: {row['choice']}")] = row["share"]
+    fig, ax = new_figure(width=max(5.0, 0.55 * len(columns) + 2.5), height=1.0 + 0.55 * len(roles) + 1.8)
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_facecolor("#eeeeee")
+    ax.grid(False)
+    for i, j in zip(*np.nonzero(~np.isnan(grid)), strict=True):
+        value = grid[i, j]
+        ax.text(
+            j,
+            i,
+            f"{value:.0%}",
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="white" if value < 0.6 else "black",
+        )
+    ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(len(roles)), roles)
+    ax.set_xlabel("primitive family: choice")
+    ax.set_ylabel("parameter role")
+    ax.set_title("Share of sufficient structures using each choice")
+    fig.colorbar(image, ax=ax, label="share of sufficient structures", shrink=0.9)
+    return save_png(fig, path)
+
+
+def _bytes_unit(values: pl.Series) -> tuple[float, str]:
+    """The binary unit (bytes per unit, name) in which the largest of ``values`` reads best."""
+    largest = float(values.max() or 0)
+    for power, name in ((3, "GiB"), (2, "MiB"), (1, "KiB")):
+        if largest >= 1024**power:
+            return float(1024**power), name
+    return 1.0, "bytes"
+
+
+def _bytes_scale(ax: Any, scaled: pl.Series) -> None:
+    """Log (base 2) x axis when the values span >= 20x; symlog when a trial keeps no state (0 bytes)."""
+    positive = scaled.filter(scaled > 0)
+    if positive.is_empty() or scaled.max() < 20 * positive.min():
+        return
+    if scaled.min() == 0:
+        ax.set_xscale("symlog", base=2, linthresh=float(positive.min()))
+    else:
+        ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+
+
+def _loss_window(losses: pl.Series, head: float = 0.0) -> tuple[float, float]:
+    """y limits that show the interesting range: from the least loss to 3x its distance to the
+    median (early evaluations and bad lrs would otherwise flatten everything near the best)."""
+    if losses.is_empty():
+        return 0.0, 1.0
+    low, median, high = float(losses.min()), float(losses.median()), float(losses.max())
+    top = min(high, median + 2 * (median - low) + head)
+    pad = 0.05 * max(top - low, 1e-3)
+    return low - pad, top + pad

@@ -1,0 +1,236 @@
+"""Trials of a study as polars frames, read straight from Optuna's FrozenTrials (no pandas).
+
+The user attributes follow the "Trials (search -> report)" section of docs/DESIGN.md. Every
+column is nullable: a running trial has few attributes, a crashed one may lack most of them, and
+a parameter sampled only under some choices (a conditional parameter) is null where inactive.
+Column types come from a schema built over all trials, never from the first one, so a
+parameter or attribute that first appears late is kept.
+
+- ``trials_frame``: one row per trial, sorted by trial number.
+- ``curves_frame``: one row per intermediate value (trial, step, tokens, val loss).
+- ``params_frame``: one row per sampled parameter: its role, family and distribution.
+
+Categorical parameters are stored as their choice labels (``choice_label``), numeric ones as
+Int64 or Float64.
+- ``study_info``: the study's name, directions and the attributes the search stored.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+import polars as pl
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+# The canonical role order of docs/DESIGN.md (optispace.roles.ROLES); roles a study names beyond
+# these sort after them alphabetically.
+ROLE_ORDER: tuple[str, ...] = ("embed", "head", "matrix", "vector")
+
+PARAM_PREFIX = "param."
+
+# Per-role attribute families: user attr "<family>.<role>" -> column "<family>.<role>".
+_ROLE_ATTRS: dict[str, pl.DataType] = {
+    "chain": pl.String(),
+    "lr": pl.Float64(),
+    "state_bytes": pl.Int64(),
+}
+
+# Scalar attributes and their column type.
+_SCALAR_ATTRS: dict[str, pl.DataType] = {
+    "structure": pl.String(),
+    "failure": pl.String(),
+    "failure_step": pl.Int64(),
+    "state_bytes": pl.Int64(),
+    "tokens_per_s": pl.Float64(),
+    "wall_time_s": pl.Float64(),
+    "tokens_per_step": pl.Int64(),
+    "device": pl.String(),
+    "corpus_fingerprint": pl.String(),
+    "worker": pl.String(),
+}
+
+
+def role_sort_key(role: str) -> tuple[int, str]:
+    """Sort key putting the DESIGN.md roles first, in their order, then any other role by name."""
+    return (ROLE_ORDER.index(role), "") if role in ROLE_ORDER else (len(ROLE_ORDER), role)
+
+
+def trial_roles(trials: Iterable[FrozenTrial]) -> list[str]:
+    """The roles any trial names in a ``chain.<role>``, ``lr.<role>`` or ``state_bytes.<role>`` attr."""
+    roles = {
+        key.split(".", 1)[1]
+        for t in trials
+        for key in t.user_attrs
+        if "." in key and key.split(".", 1)[0] in _ROLE_ATTRS
+    }
+    return sorted(roles, key=role_sort_key)
+
+
+def trials_frame(trials: Sequence[FrozenTrial]) -> pl.DataFrame:
+    """One row per trial: state, failure, chains, lrs, parameters, objectives, costs, seeds.
+
+    ``val_loss`` is ``values[0]`` of a COMPLETE trial that did not diverge; a diverged trial keeps
+    its penalty in ``values`` and has ``diverged`` true and ``val_loss`` null.
+    """
+    trials = sorted(trials, key=lambda t: t.number)
+    roles = trial_roles(trials)
+    attr = _attr_reader(trials)
+    columns: dict[str, pl.Series] = {
+        "number": pl.Series([t.number for t in trials], dtype=pl.Int64),
+        "state": pl.Series([t.state.name for t in trials], dtype=pl.String),
+    }
+    for name in ("structure", "failure", "failure_step"):
+        columns[name] = attr(name, _SCALAR_ATTRS[name])
+    diverged = [t.state == TrialState.COMPLETE and t.user_attrs.get("failure") is not None for t in trials]
+    columns["diverged"] = pl.Series(diverged, dtype=pl.Boolean)
+    values = [list(t.values) if t.values is not None else None for t in trials]
+    columns["values"] = pl.Series(values, dtype=pl.List(pl.Float64))
+    loss = [v[0] if v and not d else None for v, d in zip(values, diverged, strict=True)]
+    columns["val_loss"] = pl.Series(loss, dtype=pl.Float64)
+    for family in ("chain", "lr"):
+        for role in roles:
+            columns[f"{family}.{role}"] = attr(f"{family}.{role}", _ROLE_ATTRS[family])
+    columns["state_bytes"] = attr("state_bytes", _SCALAR_ATTRS["state_bytes"])
+    for role in roles:
+        columns[f"state_bytes.{role}"] = attr(f"state_bytes.{role}", _ROLE_ATTRS["state_bytes"])
+    columns["seeds"] = attr("seeds", pl.List(pl.Int64))
+    columns["seed_losses"] = attr("seed_losses", pl.List(pl.Float64))
+    for name in ("tokens_per_s", "wall_time_s", "tokens_per_step", "device", "corpus_fingerprint", "worker"):
+        columns[name] = attr(name, _SCALAR_ATTRS[name])
+    columns["hp"] = pl.Series([_json_or_none(t.user_attrs.get("hp")) for t in trials], dtype=pl.String)
+    columns.update(_param_columns(trials))
+    return pl.DataFrame(columns)
+
+
+def curves_frame(trials: Sequence[FrozenTrial]) -> pl.DataFrame:
+    """One row per reported intermediate value: trial number, step, tokens, val loss.
+
+    ``tokens`` is ``step * tokens_per_step`` when the trial recorded ``tokens_per_step``.
+    """
+    number, step, tokens, loss = [], [], [], []
+    for t in trials:
+        per_step = t.user_attrs.get("tokens_per_step")
+        for s, v in t.intermediate_values.items():
+            number.append(t.number)
+            step.append(s)
+            tokens.append(s * int(per_step) if per_step is not None else None)
+            loss.append(v)
+    frame = pl.DataFrame(
+        {"number": number, "step": step, "tokens": tokens, "val_loss": loss},
+        schema={"number": pl.Int64, "step": pl.Int64, "tokens": pl.Int64, "val_loss": pl.Float64},
+    )
+    return frame.sort("number", "step")
+
+
+def params_frame(trials: Sequence[FrozenTrial]) -> pl.DataFrame:
+    """One row per parameter name: role, family, distribution kind, choice labels (JSON), low, high, log.
+
+    A name ``<role>.<family>`` splits at its first dot; the last distribution seen (by trial number)
+    describes the parameter.
+    """
+    dists: dict[str, Any] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        dists.update(t.distributions)
+    rows = [_param_row(name, dists[name]) for name in sorted(dists)]
+    return pl.DataFrame(
+        rows,
+        schema={
+            "name": pl.String,
+            "role": pl.String,
+            "family": pl.String,
+            "kind": pl.String,
+            "choices": pl.String,
+            "low": pl.Float64,
+            "high": pl.Float64,
+            "log": pl.Boolean,
+        },
+        orient="row",
+    )
+
+
+@dataclass(frozen=True)
+class StudyInfo:
+    """What a report needs to know about a study besides its trials."""
+
+    name: str
+    directions: tuple[str, ...]
+    question: str | None = None
+    tolerance: float | None = None
+    penalty: float | None = None
+    objectives: tuple[str, ...] = ()
+    proxy: str | None = None
+    seeds: tuple[int, ...] = ()
+    search: dict[str, Any] = field(default_factory=dict)
+
+
+def study_info(study: optuna.Study) -> StudyInfo:
+    """Read the study's name, directions and the user attributes the search stored (DESIGN.md)."""
+    attrs = study.user_attrs
+    tolerance = attrs.get("tolerance")
+    penalty = attrs.get("penalty")
+    return StudyInfo(
+        name=study.study_name,
+        directions=tuple(d.name.lower() for d in study.directions),
+        question=attrs.get("question"),
+        tolerance=float(tolerance) if tolerance is not None else None,
+        penalty=float(penalty) if penalty is not None else None,
+        objectives=tuple(str(o) for o in attrs.get("objectives", ())),
+        proxy=str(attrs["proxy"]) if attrs.get("proxy") is not None else None,
+        seeds=tuple(int(s) for s in attrs.get("seeds", ())),
+        search=dict(attrs.get("search") or {}),
+    )
+
+
+def _param_columns(trials: Sequence[FrozenTrial]) -> dict[str, pl.Series]:
+    """``param.<name>`` for every name any trial sampled, null where a trial did not sample it."""
+    categorical = {
+        n for t in trials for n, d in t.distributions.items() if isinstance(d, CategoricalDistribution)
+    }
+    columns = {}
+    for name in sorted({p for t in trials for p in t.params}):
+        raw = [t.params.get(name) for t in trials]
+        if name in categorical:
+            labels = [choice_label(t.params[name]) if name in t.params else None for t in trials]
+            columns[PARAM_PREFIX + name] = pl.Series(labels, dtype=pl.String)
+        else:
+            columns[PARAM_PREFIX + name] = _numeric_series(raw)
+    return columns
+
+
+def _attr_reader(trials: Sequence[FrozenTrial]) -> Callable[[str, pl.DataType], pl.Series]:
+    def read(key: str, dtype: pl.DataType) -> pl.Series:
+        return pl.Series(key, [t.user_attrs.get(key) for t in trials], dtype=dtype, strict=False)
+
+    return read
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True)
+
+
+def choice_label(value: Any) -> str:
+    """A categorical choice as text: strings as they are, anything else as JSON (``true``, ``0.9``)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _numeric_series(raw: list[Any]) -> pl.Series:
+    """Int64 when every present value is an int, else Float64 (Optuna's int and float params)."""
+    if all(isinstance(v, int) for v in raw if v is not None):
+        return pl.Series(raw, dtype=pl.Int64)
+    return pl.Series([None if v is None else float(v) for v in raw], dtype=pl.Float64)
+
+
+def _param_row(name: str, dist: Any) -> tuple:
+    role, _, family = name.partition(".")
+    if isinstance(dist, CategoricalDistribution):
+        labels = json.dumps([choice_label(c) for c in dist.choices])
+        return (name, role, family, "categorical", labels, None, None, False)
+    if isinstance(dist, FloatDistribution | IntDistribution):
+        kind = "float" if isinstance(dist, FloatDistribution) else "int"
+        return (name, role, family, kind, None, float(dist.low), float(dist.high), dist.log)
+    return (name, role, family, type(dist).__name__, None, None, None, False)

@@ -1,0 +1,511 @@
+"""Write a study's report: report.md, PNG figures, trials.parquet and curves.parquet.
+
+``build_report(study, tolerance=None)`` computes every frame (``Report``); ``write_report(report,
+out)`` writes the files. The Markdown states the question, the setup, a one-paragraph answer
+generated from the numbers, then the tables and figures. Every frame is sorted before it is
+written and nothing depends on the clock, so the same study gives byte-identical Markdown and
+Parquet.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import polars as pl
+
+from optispace.report import analyses, figures, frames
+from optispace.report.tables import NULL, code, markdown_table
+
+# Used when neither the command line nor the study states a tolerance (in val loss, nats/token).
+DEFAULT_TOLERANCE = 0.02
+# Structures drawn in the sensitivity and curve figures, and listed in the structures table.
+TOP_FIGURE = 6
+TOP_TABLE = 30
+# The sensitivity figure's y axis spans this many tolerances above the least loss.
+SENSITIVITY_WINDOW = 10
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything a report shows, as sorted polars frames."""
+
+    info: frames.StudyInfo
+    tolerance: float
+    tolerance_source: str
+    trials: pl.DataFrame
+    curves: pl.DataFrame
+    params: pl.DataFrame
+    structures: pl.DataFrame
+    shares: pl.DataFrame
+    importance: pl.DataFrame
+    importance_note: str | None
+    front: pl.DataFrame
+    sensitivity: pl.DataFrame
+    best_curves: pl.DataFrame
+
+    @property
+    def roles(self) -> list[str]:
+        return analyses.chain_roles(self.trials)
+
+
+def build_report(study: optuna.Study, tolerance: float | None = None) -> Report:
+    """Read ``study`` and run every analysis; ``tolerance`` overrides the study's."""
+    info = frames.study_info(study)
+    if tolerance is not None:
+        source = "command line"
+    elif info.tolerance is not None:
+        tolerance, source = info.tolerance, "search file"
+    else:
+        tolerance, source = DEFAULT_TOLERANCE, "default; the study states none"
+    trials_list = study.get_trials(deepcopy=False)
+    trials = frames.trials_frame(trials_list)
+    curves = frames.curves_frame(trials_list)
+    params = frames.params_frame(trials_list)
+    structs = analyses.sufficiency(analyses.structures(trials), tolerance)
+    imp, note = analyses.importance(study, params)
+    return Report(
+        info=info,
+        tolerance=tolerance,
+        tolerance_source=source,
+        trials=trials,
+        curves=curves,
+        params=params,
+        structures=structs,
+        shares=analyses.choice_map(structs, trials, params),
+        importance=imp,
+        importance_note=note,
+        front=analyses.pareto_front(trials),
+        sensitivity=analyses.lr_sensitivity(trials, structs, tolerance),
+        best_curves=analyses.best_curves(curves, structs, TOP_FIGURE),
+    )
+
+
+def write_report(report: Report, out: Path) -> list[Path]:
+    """Write report.md, the figures and the Parquet files into ``out``; return the paths written."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "trials.parquet", out / "curves.parquet"]
+    report.trials.write_parquet(written[0])
+    report.curves.write_parquet(written[1])
+    sections = [
+        _heading(report),
+        _setup(report),
+        _answer(report),
+        _structures_section(report),
+        _sufficient_section(report),
+        _map_section(report, out, written),
+        _importance_section(report),
+        _pareto_section(report, out, written),
+        _sensitivity_section(report, out, written),
+        _curves_section(report, out, written),
+        _unfinished_section(report),
+        _files_section(report),
+    ]
+    markdown = out / "report.md"
+    markdown.write_text("\n".join(s for s in sections if s), encoding="utf-8")
+    return [markdown, *written]
+
+
+# ---------------------------------------------------------------- number formats
+
+
+def fmt_loss(x: float) -> str:
+    return f"{x:.4f}"
+
+
+def fmt_signed(x: float) -> str:
+    return f"{x:+.4f}"
+
+
+def fmt_share(x: float) -> str:
+    return f"{x:.0%}"
+
+
+def fmt_lr(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def fmt_bytes(x: int) -> str:
+    return figures.format_bytes(x)
+
+
+# How each column shows in every table of the report: its header, and its cell format.
+_HEADERS = {
+    "best_loss": "best loss",
+    "best_trial": "trial",
+    "number": "trial",
+    "difference": "Δ vs S1",
+    "difference_se": "± se",
+    "sufficient": "suffices",
+    "n_finished": "finished",
+    "n_diverged": "diverged",
+    "n_pruned": "pruned",
+    "n_failed": "failed",
+    "n_seeds": "seeds",
+    "seed_sd": "seed sd",
+    "paired_seeds": "paired seeds",
+    "state_bytes": "state",
+    "val_loss": "val loss",
+    "sufficient_using": "sufficient using",
+    "share": "share of sufficient",
+    "explored_using": "finished using",
+    "explored_share": "share of finished",
+    "n_trials": "finished trials",
+    "basin_lo": "basin from lr",
+    "basin_hi": "to lr",
+    "basin_decades": "width (decades)",
+    "diverged_lo": "least lr that diverged",
+    "last_step": "last step",
+    "last_loss": "last val loss",
+    "failure_step": "failure step",
+    "label": "structure",
+}
+_FORMATS: dict[str, Callable] = {
+    "best_loss": fmt_loss,
+    "val_loss": fmt_loss,
+    "last_loss": fmt_loss,
+    "difference": fmt_signed,
+    "difference_se": fmt_loss,
+    "seed_sd": fmt_loss,
+    "state_bytes": fmt_bytes,
+    "share": fmt_share,
+    "explored_share": fmt_share,
+    "importance": fmt_share,
+    "choice": code,
+    "basin_lo": fmt_lr,
+    "basin_hi": fmt_lr,
+    "diverged_lo": fmt_lr,
+    "basin_decades": "{:.2f}".format,
+}
+
+
+def _table(frame: pl.DataFrame) -> str:
+    """``frame`` as Markdown with the report's headers and formats (chains as code, lrs to 3 digits)."""
+    headers = dict(_HEADERS)
+    formats = dict(_FORMATS)
+    for column in frame.columns:
+        family, _, role = column.partition(".")
+        if family == "chain" and role:
+            headers[column], formats[column] = f"{role} chain", code
+        elif family == "lr" and role:
+            headers[column], formats[column] = f"lr {role}", fmt_lr
+    return markdown_table(frame, formats=formats, headers=headers)
+
+
+# ---------------------------------------------------------------- sections
+
+
+def _heading(r: Report) -> str:
+    question = r.info.question or "Which optimizer structures suffice?"
+    return f"# {r.info.name}: {question}\n"
+
+
+def _setup(r: Report) -> str:
+    t = r.trials
+    states = dict(t.group_by("state").len().sort("state").iter_rows())
+    n_diverged = int(t["diverged"].sum())
+    lines = [
+        "## Setup\n",
+        f"- Question: {r.info.question or NULL}",
+        f"- Proxy: {r.info.proxy or NULL}; objectives: {', '.join(r.info.objectives) or NULL} "
+        f"({', '.join(r.info.directions)})",
+        f"- Seeds per trial: {', '.join(map(str, r.info.seeds)) or NULL}; "
+        f"divergence penalty: {_or_null(r.info.penalty, fmt_loss)}",
+        f"- Tolerance: {r.tolerance:g} val loss ({r.tolerance_source})",
+        f"- Trials: {len(t)} ({_state_counts(states, n_diverged)})",
+        f"- Devices: {_distinct(t, 'device')}; corpus fingerprints: {_distinct(t, 'corpus_fingerprint')}",
+        f"- Tokens per step: {_distinct(t, 'tokens_per_step')}; "
+        f"training wall time over all trials: {t['wall_time_s'].sum() / 3600:.2f} h",
+    ]
+    if r.info.search:
+        lines += [
+            "",
+            "<details><summary>The search file, as the study stored it</summary>\n",
+            "```json",
+            json.dumps(r.info.search, indent=2, sort_keys=True, default=str),
+            "```\n",
+            "</details>",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+_STATE_WORDS = {"FAIL": "failed", "PRUNED": "pruned", "RUNNING": "still running", "WAITING": "waiting"}
+
+
+def _state_counts(states: dict[str, int], n_diverged: int) -> str:
+    finished = states.get("COMPLETE", 0) - n_diverged
+    parts = [f"{finished} finished", f"{n_diverged} diverged"]
+    parts += [f"{n} {_STATE_WORDS.get(s, s.lower())}" for s, n in states.items() if s != "COMPLETE"]
+    return ", ".join(parts)
+
+
+def _distinct(t: pl.DataFrame, column: str) -> str:
+    values = t[column].drop_nulls().unique().sort().cast(pl.String).to_list()
+    return ", ".join(values) if values else NULL
+
+
+def _or_null(value: float | None, fmt: Callable[[float], str]) -> str:
+    return NULL if value is None else fmt(value)
+
+
+def _answer(r: Report) -> str:
+    s = r.structures.filter(pl.col("best_loss").is_not_null())
+    if s.is_empty():
+        return (
+            "## Answer\n\nNo trial has finished yet, so nothing can be said about which structures "
+            "suffice; the trials so far are listed under *Trials that did not finish*.\n"
+        )
+    best = s.row(0, named=True)
+    suff = s.filter(pl.col("sufficient"))
+    border = suff.filter(pl.col("borderline"))["label"].to_list()
+    sentences = [
+        f"{len(s)} structures finished. The best, S1, reaches a val loss of {fmt_loss(best['best_loss'])}"
+        f"{_spread(best)}.",
+        f"{len(suff)} of {len(s)} suffice: they come within {r.tolerance:g} of it{_paired_note(s)}.",
+    ]
+    if border:
+        sentences.append(
+            f"{_names(border)} {'is' if len(border) == 1 else 'are'} borderline: the difference is within "
+            "two standard errors of the tolerance."
+        )
+    sentences += _map_sentences(r.shares, len(suff))
+    sentences += _memory_sentence(suff, best)
+    if not r.importance.is_empty():
+        top = r.importance.head(2).rows(named=True)
+        named = " and ".join(f"`{p['param']}` ({fmt_share(p['importance'])})" for p in top)
+        sentences.append(f"The parameters that most decide a low loss are {named} (PED-ANOVA importance).")
+    return "## Answer\n\n" + " ".join(sentences) + "\n"
+
+
+def _paired_note(s: pl.DataFrame) -> str:
+    paired = s.filter(pl.col("paired_seeds") >= 2)
+    if paired.is_empty():
+        return ""
+    largest = float(paired["difference_se"].max())
+    return (
+        f", judged on per-seed differences paired over shared seeds (standard error at most "
+        f"{fmt_loss(largest)}, where the seed sd reaches {fmt_loss(float(s['seed_sd'].max()))})"
+    )
+
+
+def _names(labels: list[str], most: int = 6) -> str:
+    more = f" and {len(labels) - most} more" if len(labels) > most else ""
+    return ", ".join(labels[:most]) + more
+
+
+def _spread(row: dict) -> str:
+    if row["seed_sd"] is None:
+        return f" on {row['n_seeds'] or 0} seed(s), so no seed spread is known"
+    return f" (seed sd {fmt_loss(row['seed_sd'])} over {row['n_seeds']} seeds)"
+
+
+def _map_sentences(shares: pl.DataFrame, n_sufficient: int) -> list[str]:
+    """What every sufficient structure shares, and what none of them uses though it was tried."""
+    if n_sufficient < 2 or shares.is_empty():
+        return []
+    always = shares.filter((pl.col("share") == 1.0) & (pl.col("explored_share") < 1.0))
+    never = shares.filter((pl.col("share") == 0.0) & (pl.col("explored_using") > 0))
+    out = []
+    if not always.is_empty():
+        out.append("Every sufficient structure uses " + _choices(always) + ".")
+    if not never.is_empty():
+        out.append(
+            "None uses "
+            + _choices(never)
+            + ", though the search tried "
+            + ("it." if len(never) == 1 else "them.")
+        )
+    return out
+
+
+def _choices(rows: pl.DataFrame, most: int = 4) -> str:
+    return _names([f"{r['family']} `{r['choice']}` on {r['role']}" for r in rows.iter_rows(named=True)], most)
+
+
+def _memory_sentence(suff: pl.DataFrame, best: dict) -> list[str]:
+    known = suff.filter(pl.col("state_bytes").is_not_null())
+    if known.is_empty() or best["state_bytes"] is None:
+        return []
+    cheap = known.sort("state_bytes", "rank").row(0, named=True)
+    if cheap["label"] == best["label"]:
+        bytes_text = fmt_bytes(best["state_bytes"])
+        return [f"S1 is also the cheapest sufficient structure, at {bytes_text} of optimizer state."]
+    ratio = best["state_bytes"] / cheap["state_bytes"] if cheap["state_bytes"] else None
+    saving = f", {ratio:.1f}x less than S1's {fmt_bytes(best['state_bytes'])}" if ratio else ""
+    return [
+        f"The cheapest sufficient structure, {cheap['label']}, keeps {fmt_bytes(cheap['state_bytes'])} "
+        f"of optimizer state{saving}."
+    ]
+
+
+def _structures_section(r: Report) -> str:
+    s = r.structures
+    if s.is_empty():
+        return ""
+    table = s.head(TOP_TABLE).select(
+        "label",
+        "best_loss",
+        "difference",
+        "difference_se",
+        "sufficient",
+        "n_finished",
+        "n_diverged",
+        "n_pruned",
+        "n_failed",
+        "n_seeds",
+        "seed_sd",
+        "state_bytes",
+        *[f"chain.{role}" for role in r.roles],
+    )
+    more = f"\n{len(s) - TOP_TABLE} more structures are in `trials.parquet`.\n" if len(s) > TOP_TABLE else ""
+    return (
+        "## Structures\n\n"
+        "The best val loss of each structure over its tuned hyperparameters (mean over seeds), its "
+        "difference to S1 (paired over shared seeds) with its standard error, and its trials.\n\n"
+        + _table(table)
+        + more
+    )
+
+
+def _sufficient_section(r: Report) -> str:
+    suff = r.structures.filter(pl.col("sufficient"))
+    if suff.is_empty():
+        return ""
+    lr_columns = [f"lr.{role}" for role in r.roles if suff.get_column(f"lr.{role}", default=None) is not None]
+    lr_columns = [c for c in lr_columns if suff[c].null_count() < len(suff)]
+    table = suff.select(
+        "label",
+        "best_trial",
+        "best_loss",
+        "difference",
+        "difference_se",
+        "paired_seeds",
+        "borderline",
+        "state_bytes",
+        *lr_columns,
+    )
+    return (
+        f"## Sufficient structures (within {r.tolerance:g} of S1)\n\n"
+        "*borderline*: the difference is within two standard errors of the tolerance, so more seeds "
+        "could change the verdict. lr columns are those of the best trial.\n\n" + _table(table)
+    )
+
+
+def _map_section(r: Report, out: Path, written: list[Path]) -> str:
+    if r.shares.is_empty():
+        return "## The map\n\nThe study sampled no categorical choice, so there is no map.\n"
+    n_suff = int(r.structures["sufficient"].sum())
+    head = (
+        "## The map: which choices the sufficient structures use\n\n"
+        f"Per role and primitive family, the share of the {n_suff} sufficient structures whose best "
+        "trial used each choice, beside its share among all structures that finished (a choice far "
+        "more common among the sufficient than among all is one that matters).\n\n"
+    )
+    figure = ""
+    if n_suff:
+        written.append(figures.map_figure(r.shares, out / "map.png"))
+        figure = "![Share of sufficient structures using each choice, per role](map.png)\n\n"
+    return head + figure + _table(r.shares)
+
+
+def _importance_section(r: Report) -> str:
+    if r.importance_note:
+        return f"## Importance\n\nNot computed: {r.importance_note}.\n"
+    by_role = analyses.importance_by_role(r.importance)
+    return (
+        "## Importance\n\n"
+        "How much each sampled parameter decides whether a trial lands among the best (Optuna's "
+        "PED-ANOVA, conditional parameters scored within the trials that sampled them; normalized "
+        "to sum to 100%), then summed per role.\n\n" + _table(r.importance) + "\n" + _table(by_role)
+    )
+
+
+def _pareto_section(r: Report, out: Path, written: list[Path]) -> str:
+    if r.front.is_empty():
+        return "## Val loss vs optimizer state\n\nNo finished trial recorded its state bytes.\n"
+    points = r.trials.filter(pl.col("val_loss").is_not_null() & pl.col("state_bytes").is_not_null())
+    written.append(figures.pareto_figure(points, r.front, r.structures, out / "pareto.png"))
+    table = r.front.join(r.structures.select("structure", "label"), on="structure", how="left").select(
+        "label", "number", "val_loss", "state_bytes"
+    )
+    return (
+        "## Val loss vs optimizer state: the Pareto front\n\n"
+        "The finished trials that no other trial beats on both val loss and optimizer state bytes.\n\n"
+        "![Val loss vs optimizer state bytes, Pareto front highlighted](pareto.png)\n\n" + _table(table)
+    )
+
+
+def _sensitivity_section(r: Report, out: Path, written: list[Path]) -> str:
+    sens = r.sensitivity.filter(pl.col("rank") <= TOP_FIGURE)
+    if sens.is_empty():
+        return ""
+    roles = [role for role in r.roles if role in set(sens["role"])]
+    top = r.structures.head(TOP_FIGURE).select("structure", "label", "rank")
+    points = r.trials.join(top, on="structure").select(
+        "label", "rank", "val_loss", "diverged", *[f"lr.{role}" for role in roles]
+    )
+    window = SENSITIVITY_WINDOW * r.tolerance
+    written.append(figures.sensitivity_figure(points, roles, window, out / "sensitivity.png"))
+    return (
+        "## Learning-rate sensitivity\n\n"
+        f"Val loss against each role's lr for the top {TOP_FIGURE} structures. The basin is the lr "
+        f"range whose trials stay within {r.tolerance:g} of the structure's best; its width in "
+        "decades is a lower bound (only sampled lrs count), and a wide basin means the structure is "
+        "easy to tune.\n\n"
+        f"The y axis spans {SENSITIVITY_WINDOW} tolerances above the least loss.\n\n"
+        "![Val loss vs lr per role for the top structures](sensitivity.png)\n\n"
+        + _table(
+            sens.select("label", "role", "n_trials", "basin_lo", "basin_hi", "basin_decades", "diverged_lo")
+        )
+    )
+
+
+def _curves_section(r: Report, out: Path, written: list[Path]) -> str:
+    if r.best_curves.is_empty():
+        return ""
+    written.append(figures.curves_figure(r.best_curves, out / "curves.png"))
+    summary = (
+        r.best_curves.group_by("label", "number", maintain_order=True)
+        .agg(evaluations=pl.len(), last_step=pl.col("step").max(), last_loss=pl.col("val_loss").last())
+        .select("label", "number", "evaluations", "last_step", "last_loss")
+    )
+    return (
+        "## Loss curves\n\n"
+        "The val loss reported during training by the best trial of each top structure.\n\n"
+        "![Val loss vs tokens of the best trial of each top structure](curves.png)\n\n" + _table(summary)
+    )
+
+
+def _unfinished_section(r: Report) -> str:
+    rest = r.trials.filter((pl.col("state") != "COMPLETE") | pl.col("diverged"))
+    if rest.is_empty():
+        return ""
+    last = r.curves.group_by("number").agg(last_step=pl.col("step").max())
+    table = (
+        rest.join(last, on="number", how="left")
+        .join(r.structures.select("structure", "label"), on="structure", how="left")
+        .with_columns(state=pl.when("diverged").then(pl.lit("DIVERGED")).otherwise("state"))
+        .select("number", "state", "failure", "failure_step", "last_step", "label")
+        .sort("number")
+    )
+    return (
+        "## Trials that did not finish\n\n"
+        "Diverged trials count as COMPLETE for Optuna (with the penalty as their value); here they "
+        "are named as such. *last step*: the last evaluation reported.\n\n" + _table(table)
+    )
+
+
+def _files_section(r: Report) -> str:
+    return (
+        "## Files\n\n"
+        f"- `trials.parquet`: one row per trial ({len(r.trials)} rows): state, failure, chains, lrs, "
+        "every sampled parameter (`param.<name>`), objective values, state bytes per role, seeds and "
+        "per-seed losses, tokens/s, wall time, device, corpus fingerprint.\n"
+        f"- `curves.parquet`: one row per reported evaluation ({len(r.curves)} rows): trial number, "
+        "step, tokens, val loss.\n"
+        "- Regenerate with `optispace report --study "
+        f"{r.info.name}`; the same study gives the same bytes.\n"
+    )
