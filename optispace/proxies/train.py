@@ -148,6 +148,7 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, int, float], None] | None = 
     ``checkpoint``: a file rewritten at each evaluation; ``resume``: such a file to continue from."""
     tier = TIERS[cfg.proxy]
     device = resolve_device(cfg.device)
+    callbacks = [*callbacks, *_probe_callbacks(cfg.probes)]
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls
     torch.manual_seed(cfg.seed)
@@ -160,7 +161,6 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, int, float], None] | None = 
     config = cfg.as_dict() | {"steps": steps, "batch_size": tier.batch_size, "seq_len": tier.model.seq_len,
                               "tokens_per_step": tier.tokens_per_step, "model": asdict(tier.model)}
     record = RunRecord(config=config, corpus=data.info, device=str(device))
-    callbacks = [*callbacks, *_probe_callbacks(cfg.probes)]
     start, elapsed_before = 0, 0.0
     if resume is not None:
         start, elapsed_before = _load_checkpoint(Path(resume), model, optimizer, record)
@@ -312,7 +312,10 @@ def _probe_callbacks(names: tuple[str, ...]) -> list:
         return []
     from optispace.probes import build
 
-    return list(build(names))
+    try:
+        return list(build(names))
+    except ValueError as e:
+        raise UserError(f"probes: {e}") from None
 
 
 def _notify_start(callbacks: list, model: GPT, optimizer: torch.optim.Optimizer, data: TokenData) -> None:
