@@ -53,10 +53,20 @@ def _check(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     return recipes, probes
 
 
+def _command(args: argparse.Namespace) -> str:
+    """The command line that reproduces these runs, every setting spelled out."""
+    words = ["optispace", "probe", "--recipes", args.recipes, "--proxy", args.proxy]
+    words += ["--seeds", str(args.seeds), "--probes", args.probes, "--device", args.device]
+    if args.tokens is not None:
+        words += ["--tokens", str(args.tokens)]
+    if args.data is not None:
+        words += ["--data", args.data]
+    return shlex.join([*words, "--out", str(args.out)])
+
+
 def run(args: argparse.Namespace) -> int:
     from optispace.probes import compare, report
 
-    command = "optispace " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if args.rebuild:
         if not (args.out / report.RUNS_FILE).is_file():
             raise UserError(f"--rebuild: {args.out / report.RUNS_FILE} does not exist; run without --rebuild")
@@ -82,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         minutes = (time.perf_counter() - started) / 60
         header = (
             f"# Token geometry: {', '.join(recipes)} on the {args.proxy} proxy\n\n"
-            f"Made by `{command}` in {minutes:.1f} min ({len(runs)} runs).\n"
+            f"Made by `{_command(args)}` in {minutes:.1f} min ({len(runs)} runs).\n"
         )
     path = report.write_report(runs, args.out, header)
     print(f"wrote {path}")
