@@ -85,7 +85,7 @@ class OutlierProbe:
 
     def on_start(self, model, optimizer, roles, data) -> None:
         self.tables = table_params(params_by_role(optimizer, roles))
-        self.counters = {role: TokenCounter(w.shape[0]) for role, w in self.tables.items()}
+        self.counters = {role: TokenCounter(w.shape[0], w.device) for role, w in self.tables.items()}
         self.pending: dict[str, tuple] = {}
         self.series: list[dict] = []
 
@@ -97,7 +97,7 @@ class OutlierProbe:
             if last_seen is None:
                 continue
             grad = row_norms(weight.grad) if weight.grad is not None else torch.zeros(weight.shape[0])
-            self.pending[role] = (weight.detach().clone(), grad.cpu(), in_batch, last_seen)
+            self.pending[role] = (weight.detach().clone(), grad.cpu(), in_batch.cpu(), last_seen.cpu())
 
     def on_after_step(self, step, model, optimizer, batch) -> None:
         for role, (before, grad, in_batch, last_seen) in self.pending.items():

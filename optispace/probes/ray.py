@@ -195,7 +195,7 @@ class RayProbe:
 
     def on_start(self, model, optimizer, roles, data) -> None:
         tables = table_params(params_by_role(optimizer, roles))
-        self.counters = {role: TokenCounter(w.shape[0]) for role, w in tables.items()}
+        self.counters = {role: TokenCounter(w.shape[0], w.device) for role, w in tables.items()}
         self.snapshots = {
             role: Snapshots(w, self._rows(w.shape[0], data), self.points) for role, w in tables.items()
         }
@@ -218,11 +218,10 @@ class RayProbe:
     def on_end(self, record) -> dict:
         generator = torch.Generator().manual_seed(self.seed + 1)
         result: dict = {"tables": {}}
-        for role, snapshots in self.snapshots.items():
-            if self.last_step < 2:  # two intervals at least, or successive cosines are undefined
-                continue
+        measured = self.snapshots if self.last_step >= 2 else {}  # successive cosines need two intervals
+        for role, snapshots in measured.items():
             steps = snapshots.finish(self.last_step)
-            counts = self.counters[role].counts
+            counts = self.counters[role].counts.cpu()
             if snapshots.rows is not None:
                 counts = counts[snapshots.rows]
             observed = trajectory_statistics(steps)

@@ -16,17 +16,20 @@ TABLE_ROLES = ("embed", "head")
 
 
 class TokenCounter:
-    """Per token id: how many times it was seen, the step it was first seen and last seen (-1: never)."""
+    """Per token id: how many times it was seen, the step it was first seen and last seen (-1: never).
 
-    def __init__(self, vocab: int) -> None:
-        self.counts = torch.zeros(vocab, dtype=torch.long)
-        self.first_seen = torch.full((vocab,), -1, dtype=torch.long)
-        self.last_seen = torch.full((vocab,), -1, dtype=torch.long)
+    Kept on the device the batches live on, so counting never waits for the GPU.
+    """
+
+    def __init__(self, vocab: int, device: torch.device | str = "cpu") -> None:
+        self.counts = torch.zeros(vocab, dtype=torch.long, device=device)
+        self.first_seen = torch.full((vocab,), -1, dtype=torch.long, device=device)
+        self.last_seen = torch.full((vocab,), -1, dtype=torch.long, device=device)
 
     def update(self, step: int, tokens: torch.Tensor) -> torch.Tensor:
         """Count ``tokens`` as seen at ``step``; return the boolean mask of the ids present."""
         vocab = self.counts.numel()
-        seen = torch.bincount(tokens.reshape(-1).cpu(), minlength=vocab)[:vocab]
+        seen = torch.bincount(tokens.reshape(-1).to(self.counts.device), minlength=vocab)[:vocab]
         present = seen > 0
         self.counts += seen
         self.first_seen[present & (self.first_seen < 0)] = step
