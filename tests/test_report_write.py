@@ -1,0 +1,98 @@
+"""report.md, figures and Parquet: deterministic, complete, honest about unfinished trials."""
+
+import re
+
+import optuna
+import polars as pl
+import pytest
+from optuna.trial import TrialState
+
+from optispace.report.synthetic import known_study, known_trial
+from optispace.report.write import build_report, write_report
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    report = build_report(known_study())
+    return report, out, write_report(report, out)
+
+
+def test_writes_markdown_figures_and_parquet(written):
+    _, out, paths = written
+    names = sorted(p.name for p in paths)
+    assert names == sorted(
+        [
+            "report.md",
+            "trials.parquet",
+            "curves.parquet",
+            "map.png",
+            "pareto.png",
+            "sensitivity.png",
+            "curves.png",
+        ]
+    )
+    markdown = (out / "report.md").read_text()
+    for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown):
+        assert (out / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_markdown_states_question_setup_answer_and_tables(written):
+    _, out, _ = written
+    md = (out / "report.md").read_text()
+    assert md.startswith("# known: Which optimizer structures suffice on the token tables?\n")
+    headings = re.findall(r"^## (.*)$", md, flags=re.M)
+    assert headings[:3] == ["Setup", "Answer", "Structures"]
+    assert "Tolerance: 0.02 val loss (search file)" in md
+    assert "Trials: 18 (13 finished, 2 diverged, 1 failed, 1 pruned, 1 still running)" in md
+    answer = md.split("## Answer\n\n")[1].split("\n")[0]
+    assert "3 of 5 suffice" in answer and "S3 is borderline" in answer
+    assert "reaches a val loss of 3.3000" in answer
+    assert "| S2 | 4 | 3.3050 | +0.0050 |" in md  # ember: its best trial is number 4, at lr 3e-3
+
+
+def test_unfinished_trials_are_named_as_such(written):
+    _, out, _ = written
+    md = (out / "report.md").read_text()
+    section = md.split("## Trials that did not finish")[1].split("##")[0]
+    for state in ("DIVERGED", "FAIL", "PRUNED", "RUNNING"):
+        assert f"| {state} |" in section
+    assert "crashed: out of memory" in section
+
+
+def test_parquet_round_trips_the_frames(written):
+    report, out, _ = written
+    assert pl.read_parquet(out / "trials.parquet").equals(report.trials)
+    assert pl.read_parquet(out / "curves.parquet").equals(report.curves)
+
+
+def test_same_study_gives_the_same_bytes(written, tmp_path):
+    _, out, paths = written
+    again = write_report(build_report(known_study()), tmp_path)
+    for first, second in zip(sorted(paths), sorted(again), strict=True):
+        if first.suffix in (".md", ".parquet"):
+            assert first.read_bytes() == second.read_bytes(), first.name
+
+
+def test_tolerance_from_the_command_line_wins(tmp_path):
+    report = build_report(known_study(), tolerance=0.002)
+    write_report(report, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "Tolerance: 0.002 val loss (command line)" in md and "1 of 5 suffice" in md
+
+
+def test_a_study_with_nothing_finished_still_reports(tmp_path):
+    study = optuna.create_study()
+    study.add_trials(
+        [
+            known_trial("adam", 3e-3, pareto=False, state=TrialState.RUNNING),
+            known_trial("ember", 3e-3, pareto=False, state=TrialState.FAIL, failure="crashed: boom"),
+        ]
+    )
+    paths = write_report(build_report(study), tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "No trial has finished yet" in md and "crashed: boom" in md
+    assert "default; the study states none" in md
+    assert {p.name for p in paths} == {"report.md", "trials.parquet", "curves.parquet"}
