@@ -24,7 +24,7 @@ import matplotlib
 import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
-from matplotlib.ticker import EngFormatter, FuncFormatter
+from matplotlib.ticker import EngFormatter, FuncFormatter, NullLocator
 
 STYLE: dict[str, Any] = {
     "font.size": 10,
@@ -74,11 +74,9 @@ def pareto_figure(points: pl.DataFrame, front: pl.DataFrame, labels: pl.DataFram
     ``labels``: structure -> label, to name each front point by its structure.
     """
     fig, ax = new_figure(width=7.0, height=4.5)
-    unit, unit_name = _bytes_unit(points["state_bytes"])
-    x = points["state_bytes"] / unit
-    ax.scatter(x, points["val_loss"], s=12, color=_MUTED, alpha=0.5, label="trial")
+    ax.scatter(points["state_bytes"], points["val_loss"], s=12, color=_MUTED, alpha=0.5, label="trial")
     named = front.join(labels.select("structure", "label"), on="structure", how="left").with_columns(
-        x=pl.col("state_bytes") / unit
+        x=pl.col("state_bytes")
     )
     ax.step(named["x"], named["val_loss"], where="post", color=COLORS[0], linewidth=1.2)
     ax.scatter(named["x"], named["val_loss"], s=36, color=COLORS[0], zorder=3, label="Pareto front")
@@ -92,8 +90,9 @@ def pareto_figure(points: pl.DataFrame, front: pl.DataFrame, labels: pl.DataFram
             xytext=(5, dy),
             fontsize=9,
         )
-    _bytes_scale(ax, x)
-    ax.set_xlabel(f"optimizer state ({unit_name})")
+    _bytes_axis(ax, points["state_bytes"])
+    ax.margins(x=0.06, y=0.08)
+    ax.set_xlabel("optimizer state (bytes, binary units)")
     ax.set_ylabel("final val loss (nats/token)")
     ax.set_title("Val loss vs optimizer state")
     ax.legend(loc="upper right")
@@ -204,25 +203,34 @@ def map_figure(shares: pl.DataFrame, path: Path) -> Path:
     return save_png(fig, path)
 
 
-def _bytes_unit(values: pl.Series) -> tuple[float, str]:
-    """The binary unit (bytes per unit, name) in which the largest of ``values`` reads best."""
-    largest = float(values.max() or 0)
-    for power, name in ((3, "GiB"), (2, "MiB"), (1, "KiB")):
-        if largest >= 1024**power:
-            return float(1024**power), name
-    return 1.0, "bytes"
-
-
-def _bytes_scale(ax: Any, scaled: pl.Series) -> None:
-    """Log (base 2) x axis when the values span >= 20x; symlog when a trial keeps no state (0 bytes)."""
-    positive = scaled.filter(scaled > 0)
-    if positive.is_empty() or scaled.max() < 20 * positive.min():
-        return
-    if scaled.min() == 0:
-        ax.set_xscale("symlog", base=2, linthresh=float(positive.min()))
+def _bytes_axis(ax: Any, values: pl.Series) -> None:
+    """x axis for byte counts: log base 2 with power-of-two ticks when they span >= 16x (symlog when
+    a structure keeps no state, 0 bytes), linear otherwise; tick labels in binary units."""
+    positive = values.filter(values > 0)
+    if not positive.is_empty() and values.max() >= 16 * positive.min():
+        low, high = math.floor(math.log2(positive.min())), math.ceil(math.log2(values.max()))
+        stride = max(1, math.ceil((high - low + 1) / 7))
+        ticks = [2.0**k for k in range(low, high + 1, stride)]
+        if values.min() == 0:
+            ax.set_xscale("symlog", base=2, linthresh=float(positive.min()))
+            ticks = [0.0, *ticks]
+        else:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, [_tick_bytes(t) for t in ticks])
+        ax.xaxis.set_minor_locator(NullLocator())
     else:
-        ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _tick_bytes(v)))
+
+
+def _tick_bytes(n: float) -> str:
+    """A tick label in binary units without needless decimals: ``0``, ``4 KiB``, ``1.5 MiB``."""
+    if n == 0:
+        return "0"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.3g} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
 
 
 def _loss_window(losses: pl.Series, head: float = 0.0) -> tuple[float, float]:
