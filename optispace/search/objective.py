@@ -1,0 +1,175 @@
+"""One trial: sample a configuration, train the proxy on each of the search's seeds, record it.
+
+The value is the mean final validation loss over the seeds (and the optimizer state bytes for a
+Pareto search). A configuration that diverges on any seed is a *result*, not an error: the trial
+completes with the study's penalty value, so the sampler learns that region is bad, and
+``failure`` / ``failure_step`` say why and when. The pruner watches the first seed's validation
+curve (``trial.report(val_loss, step)``); later seeds run only for configurations that survived
+it, so their curves are not reported again at the same steps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import optuna
+
+from optispace.search.space import Configuration, sample
+from optispace.search.spec import SearchSpec
+
+OnEval = Callable[[int, int, float], None]
+
+
+class Record(Protocol):
+    """What a trial reads from ``optispace.proxies.RunRecord``."""
+
+    final_val_loss: float | None
+    diverged: str | None
+    diverged_step: int | None
+    tokens_per_s: float
+    wall_time_s: float
+    state_bytes: dict[str, int]
+    device: str
+    corpus: dict[str, Any]
+    curve: list[dict[str, Any]]
+
+
+#: ``trainer(TrainConfig keyword arguments, on_eval) -> record``: the seam tests replace.
+Trainer = Callable[[dict[str, Any], OnEval], Record]
+
+
+def proxy_trainer(config: dict[str, Any], on_eval: OnEval) -> Record:
+    """Train with ``optispace.proxies.train`` (no progress bar: the study shows one over trials)."""
+    from optispace.proxies import TrainConfig, train
+
+    return train(TrainConfig(**config), on_eval=on_eval, progress=False)
+
+
+def train_config(spec: SearchSpec, configuration: Configuration, seed: int) -> dict[str, Any]:
+    """The ``TrainConfig`` keyword arguments of one seed of a configuration."""
+    proxy = spec.proxy
+    return {
+        "recipe": configuration.recipe,
+        "proxy": proxy.tier,
+        "tokens": budget_tokens(spec),
+        "lr": None,
+        "role_lr": configuration.role_lr,
+        "hyperparameters": {},
+        "seed": seed,
+        "device": proxy.device,
+        "data": proxy.data,
+        "schedule": proxy.schedule,
+        "warmup": proxy.warmup,
+        "grad_clip": proxy.grad_clip,
+        "eval_every": proxy.eval_every,
+        "eval_batches": proxy.eval_batches,
+        "compile": proxy.compile,
+    }
+
+
+def budget_tokens(spec: SearchSpec) -> int:
+    """Tokens per trial and seed: given, or ``steps`` times the tier's tokens per step."""
+    if spec.proxy.tokens is not None:
+        return spec.proxy.tokens
+    return spec.proxy.steps * tokens_per_step(spec)
+
+
+def tokens_per_step(spec: SearchSpec) -> int:
+    """Tokens in one optimizer step of the search's proxy tier (batch size times sequence length)."""
+    from optispace.proxies import TIERS
+
+    return TIERS[spec.proxy.tier].tokens_per_step
+
+
+@dataclass
+class Objective:
+    """The define-by-run objective of a study; ``worker`` is recorded on every trial."""
+
+    spec: SearchSpec
+    trainer: Trainer = proxy_trainer
+    worker: int = 0
+
+    def __call__(self, trial: optuna.Trial) -> list[float]:
+        configuration = sample(trial, self.spec.roles)
+        _record_configuration(trial, configuration, self.spec, self.worker)
+        records: list[Record] = []
+        last_step = [0]
+        for index, seed in enumerate(self.spec.seeds):
+            on_eval = _Reporter(trial, last_step, prune=index == 0)
+            try:
+                record = self.trainer(train_config(self.spec, configuration, seed), on_eval)
+            except optuna.TrialPruned:
+                raise
+            except BaseException as e:
+                # Recorded before the trial is told FAIL; the exception still ends the trial.
+                trial.set_user_attr("failure", f"{_describe(e)} (seed {seed})")
+                trial.set_user_attr("failure_step", last_step[0])
+                raise
+            records.append(record)
+            if record.diverged:
+                trial.set_user_attr("failure", f"diverged: {record.diverged} (seed {seed})")
+                trial.set_user_attr("failure_step", record.diverged_step)
+                break
+        return self._values(trial, records)
+
+    def _values(self, trial: optuna.Trial, records: list[Record]) -> list[float]:
+        losses = [r.final_val_loss if not r.diverged else None for r in records]
+        losses += [None] * (len(self.spec.seeds) - len(losses))
+        _record_run(trial, records, losses)
+        trial.set_user_attr("tokens_per_step", tokens_per_step(self.spec))
+        state_bytes = sum(records[0].state_bytes.values())
+        diverged = any(loss is None for loss in losses)
+        value = self.spec.penalty if diverged else math.fsum(losses) / len(losses)
+        return [value, float(state_bytes)] if len(self.spec.objectives) == 2 else [value]
+
+
+@dataclass
+class _Reporter:
+    """``on_eval`` of one seed: remembers the step; the first seed also reports and may prune."""
+
+    trial: optuna.Trial
+    last_step: list[int]
+    prune: bool
+
+    def __call__(self, step: int, tokens: int, val_loss: float) -> None:
+        self.last_step[0] = step
+        if not self.prune or not math.isfinite(val_loss):
+            return
+        self.trial.report(val_loss, step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step} (val loss {val_loss:.4f})")
+
+
+def _describe(error: BaseException) -> str:
+    """``failure`` text of an exception: interruptions by name, anything else as a crash."""
+    if isinstance(error, KeyboardInterrupt):
+        return f"interrupted: {error}" if str(error) else "interrupted: SIGINT"
+    return f"crashed: {type(error).__name__}: {error}"
+
+
+def _record_configuration(
+    trial: optuna.Trial, configuration: Configuration, spec: SearchSpec, worker: int
+) -> None:
+    for role, draw in configuration.draws.items():
+        trial.set_user_attr(f"chain.{role}", draw.structure)
+        trial.set_user_attr(f"lr.{role}", draw.lr)
+        trial.set_user_attr(f"trained_chain.{role}", draw.trained)
+    trial.set_user_attr("structure", configuration.structure)
+    trial.set_user_attr("hp", configuration.hp)
+    trial.set_user_attr("seeds", list(spec.seeds))
+    trial.set_user_attr("worker", worker)
+
+
+def _record_run(trial: optuna.Trial, records: list[Record], losses: list[float | None]) -> None:
+    first = records[0]
+    trial.set_user_attr("seed_losses", losses)
+    trial.set_user_attr("state_bytes", sum(first.state_bytes.values()))
+    for role, nbytes in first.state_bytes.items():
+        trial.set_user_attr(f"state_bytes.{role}", nbytes)
+    trial.set_user_attr("tokens_per_s", math.fsum(r.tokens_per_s for r in records) / len(records))
+    trial.set_user_attr("wall_time_s", math.fsum(r.wall_time_s for r in records))
+    trial.set_user_attr("device", first.device)
+    trial.set_user_attr("corpus_fingerprint", first.corpus.get("fingerprint"))

@@ -1,0 +1,425 @@
+"""Running a study: create or resume it, then run workers until exactly N trials have finished.
+
+Counting. "Finished" means COMPLETE or PRUNED. A worker starts a trial only while the finished,
+running and queued (WAITING, i.e. retries) trials number fewer than N; right after ``ask`` it
+counts again the live trials (finished, running or queued) numbered below its own, and withdraws
+its trial as FAIL ``surplus`` when those are already N. Optuna numbers trials in creation order
+under a lock on the study row (RDB) or by their place in the log (journal), so of any N + 1 trials
+the highest-numbered one sees the other N at its check: a study never finishes more than N trials,
+and the loop runs until it has N, so never fewer.
+
+Reliability. Each trial has a heartbeat; before each trial a worker fails stale trials (a
+heartbeat older than the grace period, or a worker process on this host that is gone) and queues
+their configurations again (``optispace.search.storage``). SIGTERM and Ctrl-C end the running
+trial as FAIL with ``failure = "interrupted: ..."`` and queue it again, then stop the worker.
+A crash (an exception from training) is FAIL with ``failure = "crashed: ..."`` and is not retried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import signal
+import sys
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.storages._heartbeat import get_heartbeat_thread
+from optuna.trial import TrialState
+
+from optispace.errors import UserError
+from optispace.search.objective import Objective, Trainer, proxy_trainer
+from optispace.search.space import grid_size
+from optispace.search.spec import SearchSpec
+from optispace.search.storage import MAX_RETRY, claim, open_storage
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+LIVE = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
+POLL_S = 1.0
+MAX_CONSECUTIVE_CRASHES = 5
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that one path ends the running trial cleanly."""
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Interrupted` (main thread only, as signals are)."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _shielded() -> Iterator[None]:
+    """Ignore a second SIGINT / SIGTERM while an interrupted trial is being recorded."""
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def worker_seed(study_seed: int, rank: int) -> int:
+    """The sampler seed of worker ``rank``: a SeedSequence of (study seed, rank), 32 bits."""
+    return int(np.random.SeedSequence([study_seed, rank]).generate_state(1)[0])
+
+
+class _GridSampler(optuna.samplers.BruteForceSampler):
+    """Optuna's brute force sampler, minus its ``study.stop()`` once the grid is exhausted.
+
+    ``stop`` only works inside ``study.optimize``; this run loop uses ask and tell, and caps the
+    number of trials at the size of the grid instead.
+    """
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        """Nothing: the run loop knows the grid size."""
+
+
+def make_sampler(spec: SearchSpec, seed: int) -> optuna.samplers.BaseSampler:
+    """The sampler the search file names, seeded with this worker's seed."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if spec.sampler == "tpe":
+            # multivariate + group model the conditional space jointly; the constant liar keeps
+            # parallel workers from proposing the same point while trials run.
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+        if spec.sampler == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if spec.sampler == "grid":
+            return _GridSampler(seed=seed)
+        if spec.sampler == "gp":
+            return optuna.samplers.GPSampler(seed=seed)
+        return optuna.samplers.NSGAIISampler(seed=seed)
+
+
+def make_pruner(spec: SearchSpec) -> optuna.pruners.BasePruner:
+    """The pruner the search file names (pruning acts on the first seed's validation curve)."""
+    if spec.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0, n_min_trials=3)
+    if spec.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    return optuna.pruners.NopPruner()
+
+
+def study_attrs(spec: SearchSpec) -> dict[str, object]:
+    """The study's user attributes (DESIGN.md, Trials), as the report reads them."""
+    return {
+        "search": spec.raw,
+        "question": spec.question,
+        "tolerance": spec.tolerance,
+        "objectives": list(spec.objectives),
+        "proxy": spec.proxy.tier,
+        "penalty": spec.penalty,
+        "seeds": list(spec.seeds),
+    }
+
+
+def _comparable(search: dict) -> dict:
+    """The search file minus what may change between runs of one study (the default N)."""
+    study = {k: v for k, v in search.get("study", {}).items() if k != "trials"}
+    return {**search, "study": study}
+
+
+def _first_difference(a: object, b: object, path: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+    return path or "(top level)"
+
+
+def open_study(spec: SearchSpec, storage: optuna.storages.BaseStorage, name: str, seed: int) -> optuna.Study:
+    """Create the study, or load it if it exists; refuse to mix two different search files."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        storage=storage,
+        study_name=name,
+        sampler=make_sampler(spec, seed),
+        pruner=make_pruner(spec),
+        directions=["minimize"] * len(spec.objectives),
+        load_if_exists=True,
+    )
+    stored = study.user_attrs.get("search")
+    if stored is None:
+        for key, value in study_attrs(spec).items():
+            study.set_user_attr(key, value)
+    elif _comparable(stored) != _comparable(spec.raw):
+        key = _first_difference(_comparable(stored), _comparable(spec.raw))
+        raise UserError(
+            f"study {name!r} exists in this storage with a different search file (first difference: "
+            f"{key}); resume it with the file it was made from, or choose another name with --study"
+        )
+    return study
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Trials of a study by state."""
+
+    by_state: Counter
+
+    @property
+    def finished(self) -> int:
+        return sum(self.by_state[s] for s in FINISHED)
+
+    @property
+    def live(self) -> int:
+        return sum(self.by_state[s] for s in LIVE)
+
+
+def counts(study: optuna.Study) -> Counts:
+    return Counts(Counter(t.state for t in study.get_trials(deepcopy=False)))
+
+
+def _surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
+    """True when N live trials are numbered below ``trial`` (see the module docstring)."""
+    live_before = sum(
+        1 for t in study.get_trials(deepcopy=False) if t.number < trial.number and t.state in LIVE
+    )
+    return live_before >= n_trials
+
+
+def _ask(study: optuna.Study) -> optuna.Trial:
+    with warnings.catch_warnings():
+        # Optuna warns that heartbeats are meant for Study.optimize; this loop runs them itself.
+        warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
+        return study.ask()
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def _retry(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Queue the configuration of an interrupted trial again (as a stale one would be)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(
+            study, study._storage.get_trial(trial._trial_id)
+        )
+
+
+def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective) -> TrialState:
+    """Run one asked trial to a final state; interruptions are recorded, queued again, re-raised."""
+    storage = study._storage
+    try:
+        with get_heartbeat_thread(trial._trial_id, storage):
+            values = objective(trial)
+    except optuna.TrialPruned:
+        return _tell(study, trial, TrialState.PRUNED)
+    except KeyboardInterrupt as e:
+        with _shielded():
+            if "failure" not in trial.user_attrs:
+                trial.set_user_attr("failure", f"interrupted: {e or 'SIGINT'}")
+            if _tell(study, trial, TrialState.FAIL) == TrialState.FAIL:
+                _retry(study, trial)
+        raise
+    except Exception as e:
+        if "failure" not in trial.user_attrs:
+            trial.set_user_attr("failure", f"crashed: {type(e).__name__}: {e}")
+        return _tell(study, trial, TrialState.FAIL)
+    return _tell(study, trial, TrialState.COMPLETE, values)
+
+
+def _tell(
+    study: optuna.Study, trial: optuna.Trial, state: TrialState, values: list[float] | None = None
+) -> TrialState:
+    """Tell the outcome; a trial already failed as stale by another worker stays as it is."""
+    try:
+        study.tell(trial, values, state=state)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return study._storage.get_trial(trial._trial_id).state
+    return state
+
+
+def work(
+    spec: SearchSpec,
+    url: str,
+    name: str,
+    n_trials: int,
+    rank: int,
+    trainer: Trainer = proxy_trainer,
+    on_trial: Callable[[optuna.Study], None] | None = None,
+) -> None:
+    """One worker: run trials until the study has ``n_trials`` finished ones."""
+    storage = open_storage(url)
+    study = open_study(spec, storage, name, worker_seed(spec.seed, rank))
+    objective = Objective(spec, trainer, worker=rank)
+    crashes = 0
+    with sigterm_interrupts():
+        while True:
+            _fail_stale(study)
+            now = counts(study)
+            if now.finished >= n_trials:
+                return
+            if now.by_state[TrialState.WAITING] == 0 and now.live >= n_trials:
+                time.sleep(POLL_S)  # enough trials run; wait in case one of them fails
+                continue
+            trial = _ask(study)
+            claim(trial._trial_id, storage)
+            if _surplus(study, trial, n_trials):
+                trial.set_user_attr("failure", "surplus: the study already had enough trials")
+                _tell(study, trial, TrialState.FAIL)
+                continue
+            state = run_trial(study, trial, objective)
+            crashes = crashes + 1 if state == TrialState.FAIL else 0
+            if crashes >= MAX_CONSECUTIVE_CRASHES:
+                failure = study._storage.get_trial(trial._trial_id).user_attrs.get("failure")
+                raise UserError(f"{crashes} trials in a row failed; the last: {failure}")
+            if on_trial is not None:
+                on_trial(study)
+
+
+def _worker_main(spec: SearchSpec, url: str, name: str, n_trials: int, rank: int, trainer: Trainer) -> None:
+    """Entry point of a worker process: errors become one line on stderr and exit code 2."""
+    try:
+        work(spec, url, name, n_trials, rank, trainer)
+    except UserError as e:
+        print(f"optispace search (worker {rank}): error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What a finished run reports: the counts and the best trial."""
+
+    name: str
+    counts: Counts
+    best: optuna.trial.FrozenTrial | None
+
+
+def run_search(
+    spec: SearchSpec,
+    url: str,
+    *,
+    name: str | None = None,
+    n_trials: int | None = None,
+    workers: int = 1,
+    rank_offset: int = 0,
+    trainer: Trainer = proxy_trainer,
+    progress: bool = True,
+) -> Summary:
+    """Run (or resume, or join) the study of ``spec`` until it has ``n_trials`` finished trials."""
+    name = name or spec.name
+    n_trials = n_trials or spec.trials
+    if spec.sampler == "grid":
+        size = grid_size(spec.roles)
+        if n_trials > size:
+            raise UserError(
+                f"the grid of {spec.path} has {size} configurations; ask for at most {size} trials"
+            )
+    storage = open_storage(url)
+    study = open_study(spec, storage, name, worker_seed(spec.seed, rank_offset))
+    with _Progress(study, n_trials, enabled=progress) as bar:
+        if workers == 1:
+            work(spec, url, name, n_trials, rank_offset, trainer, on_trial=bar.update)
+        else:
+            _run_processes(spec, url, name, n_trials, range(rank_offset, rank_offset + workers), trainer, bar)
+    return Summary(name, counts(study), _best(study))
+
+
+def _run_processes(
+    spec: SearchSpec, url: str, name: str, n_trials: int, ranks: range, trainer: Trainer, bar: _Progress
+) -> None:
+    """K worker processes; the parent polls the storage for the progress bar."""
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_worker_main, args=(spec, url, name, n_trials, rank, trainer), daemon=False)
+        for rank in ranks
+    ]
+    for process in processes:
+        process.start()
+    try:
+        with sigterm_interrupts():
+            while any(p.is_alive() for p in processes):
+                bar.update()
+                time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        _stop(processes)
+        raise
+    bar.update()
+    if counts(bar.study).finished < n_trials:
+        codes = [p.exitcode for p in processes]
+        raise UserError(
+            f"the workers stopped before the study had {n_trials} finished trials (exit codes {codes})"
+        )
+
+
+def _stop(processes: list[multiprocessing.process.BaseProcess]) -> None:
+    """After Ctrl-C (which the workers got too) or SIGTERM: let each worker record its trial.
+
+    A worker still alive after a grace period gets SIGTERM, which ends its trial the same way.
+    """
+    deadline = time.monotonic() + 10.0
+    for process in processes:
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join()
+
+
+def _best(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if not complete:
+        return None
+    return min(complete, key=lambda t: t.values)
+
+
+class _Progress:
+    """A tqdm bar over finished trials with the best value so far (stderr; off when not a TTY)."""
+
+    def __init__(self, study: optuna.Study, total: int, *, enabled: bool) -> None:
+        self.study = study
+        self.total = total
+        self.enabled = enabled
+        self.bar = None
+
+    def __enter__(self) -> _Progress:
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            total=self.total,
+            initial=min(self.total, counts(self.study).finished),
+            desc=self.study.study_name,
+            unit="trial",
+            disable=True if not self.enabled else None,
+            file=sys.stderr,
+        )
+        return self
+
+    def update(self, study: optuna.Study | None = None) -> None:
+        finished = min(self.total, counts(self.study).finished)
+        best = _best(self.study)
+        if best is not None:
+            self.bar.set_postfix_str(f"best {best.values[0]:.4f}", refresh=False)
+        self.bar.update(finished - self.bar.n)
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()

@@ -1,0 +1,448 @@
+"""A search file (TOML) turned into a validated :class:`SearchSpec`.
+
+Everything a study needs is checked here, before any storage is touched: a mistake gets one
+:class:`~optispace.errors.UserError` naming the file, the line, the key, what was wrong and what is
+allowed. The layout (see ``searches/smoke.toml`` for a commented example)::
+
+    [study]   name, question, tolerance, seed, trials, seeds, objectives, sampler, pruner, penalty
+    [proxy]   tier, data, tokens | steps, eval_every, eval_batches, schedule, warmup, grad_clip,
+              device, compile
+    [roles.<role>]  one of: chain = "text" | tie = "<role>" | <family> = [choices, ...]
+                    and lr, beta1, beta2, weight_decay: a number (fixed), [low, high] (a range;
+                    log-uniform for lr) or {values = [...]} (a choice among numbers)
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from optispace.errors import UserError
+from optispace.search.families import FAMILIES, incompatible_choice, uses
+from optispace.search.locate import key_lines, line_of
+
+ROLES = ("embed", "head", "matrix", "vector")
+SAMPLERS = ("tpe", "random", "grid", "gp", "nsga2")
+PRUNERS = ("median", "hyperband", "none")
+OBJECTIVES = (("val_loss",), ("val_loss", "state_bytes"))
+
+
+@dataclass(frozen=True)
+class Range:
+    """A number sampled from ``[low, high]``, log-uniformly when ``log``."""
+
+    low: float
+    high: float
+    log: bool
+
+
+@dataclass(frozen=True)
+class Values:
+    """A number chosen among ``values`` (categorical: enumerable by the grid sampler)."""
+
+    values: tuple[float, ...]
+
+
+Number = float | Range | Values
+
+
+@dataclass(frozen=True)
+class RoleSpace:
+    """What one role may be: a fixed ``chain``, a ``tie`` to another role, or family choices."""
+
+    role: str
+    chain: str | None = None
+    tie: str | None = None
+    families: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    numbers: dict[str, Number] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProxySpec:
+    """How each trial trains its proxy (passed on to ``optispace.proxies.TrainConfig``)."""
+
+    tier: str
+    data: str | None
+    tokens: int | None
+    steps: int | None
+    eval_every: int
+    eval_batches: int
+    schedule: str
+    warmup: float
+    grad_clip: float
+    device: str
+    compile: bool
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """A validated search file. ``raw`` is the file as parsed, stored on the study."""
+
+    path: str
+    name: str
+    question: str
+    tolerance: float
+    seed: int
+    trials: int
+    seeds: tuple[int, ...]
+    objectives: tuple[str, ...]
+    sampler: str
+    pruner: str
+    penalty: float
+    proxy: ProxySpec
+    roles: dict[str, RoleSpace]
+    raw: dict[str, Any]
+
+
+_MISSING = object()
+
+
+class _File:
+    """The parsed file plus what is needed to blame a key: its path and the line of each key."""
+
+    def __init__(self, path: str, text: str) -> None:
+        self.path = path
+        self.lines = key_lines(text)
+        self.last_line = max(1, len(text.splitlines()))
+
+    def error(self, key: tuple[str, ...], problem: str) -> UserError:
+        line = line_of(self.lines, key)
+        where = f"{self.path}:{line}" if line is not None else self.path
+        return UserError(f"{where}: {'.'.join(key)}: {problem}")
+
+
+class _Table:
+    """One TOML table being read: typed look-ups, then :meth:`done` rejects what was not read."""
+
+    def __init__(self, file: _File, key: tuple[str, ...], data: Any) -> None:
+        if not isinstance(data, dict):
+            raise file.error(key, f"must be a table, not {_kind(data)}")
+        self.file, self.key, self.data = file, key, data
+        self.read: set[str] = set()
+
+    def error(self, name: str, problem: str) -> UserError:
+        return self.file.error(self.key + (name,), problem)
+
+    def get(self, name: str, check: Callable[[Any], str | None], default: Any = _MISSING) -> Any:
+        """The value of ``name`` after ``check`` (which returns a problem or None)."""
+        self.read.add(name)
+        if name not in self.data:
+            if default is _MISSING:
+                raise self.file.error(self.key, f"missing key {name!r}")
+            return default
+        value = self.data[name]
+        problem = check(value)
+        if problem is not None:
+            raise self.error(name, problem)
+        return value
+
+    def table(self, name: str) -> _Table:
+        self.read.add(name)
+        if name not in self.data:
+            raise self.file.error(self.key, f"missing table [{'.'.join(self.key + (name,))}]")
+        return _Table(self.file, self.key + (name,), self.data[name])
+
+    def done(self, allowed: tuple[str, ...] | None = None) -> None:
+        for name in self.data:
+            if name not in self.read:
+                known = ", ".join(allowed if allowed is not None else sorted(self.read))
+                raise self.error(name, f"unknown key; allowed here: {known}")
+
+
+def _kind(value: Any) -> str:
+    names = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "a table",
+    }
+    return names.get(type(value), type(value).__name__)
+
+
+def _string(value: Any) -> str | None:
+    return None if isinstance(value, str) and value.strip() else f"must be a non-empty string, not {value!r}"
+
+
+def _one_of(allowed: tuple[str, ...]) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if value in allowed:
+            return None
+        return f"{value!r} is not allowed; choose one of {', '.join(allowed)}"
+
+    return check
+
+
+def _integer(low: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= low:
+            return None
+        return f"must be an integer >= {low}, not {value!r}"
+
+    return check
+
+
+def _real(
+    low: float, high: float = math.inf, *, open_low: bool = False, open_high: bool = False
+) -> Callable[[Any], str | None]:
+    """A finite number in the interval from ``low`` to ``high`` (ends open or closed)."""
+
+    def check(value: Any) -> str | None:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        if (
+            ok
+            and (value > low if open_low else value >= low)
+            and (value < high if open_high else value <= high)
+        ):
+            return None
+        bound = f"> {low}" if open_low else f">= {low}"
+        if high != math.inf:
+            bound += f" and {'<' if open_high else '<='} {high}"
+        return f"must be a number {bound}, not {value!r}"
+
+    return check
+
+
+NUMBER_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "lr": _real(0.0, open_low=True),
+    "beta1": _real(0.0, 1.0, open_high=True),
+    "beta2": _real(0.0, 1.0, open_high=True),
+    "weight_decay": _real(0.0),
+}
+
+
+def _boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else f"must be true or false, not {value!r}"
+
+
+def _seed_list(value: Any) -> str | None:
+    ints = isinstance(value, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
+    )
+    if not ints or not value:
+        return f"must be a non-empty array of integers >= 0, not {value!r}"
+    return None if len(set(value)) == len(value) else f"has a repeated seed: {value!r}"
+
+
+def _objectives(value: Any) -> str | None:
+    if isinstance(value, list) and tuple(value) in OBJECTIVES:
+        return None
+    return f"{value!r} is not allowed; choose {' or '.join(repr(list(o)) for o in OBJECTIVES)}"
+
+
+def parse_search(path: str | Path) -> SearchSpec:
+    """Read and validate the search file at ``path``; raise ``UserError`` on any mistake."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"cannot read search file {path}: {e.strerror}") from None
+    return parse_search_text(text, str(path))
+
+
+def parse_search_text(text: str, path: str = "<search>") -> SearchSpec:
+    """Validate the TOML ``text`` of a search file (``path`` names it in messages)."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        message = str(e)
+        if "at end of document" in message:
+            message += f" (line {max(1, len(text.splitlines()))})"
+        raise UserError(f"{path}: invalid TOML: {message}") from None
+    file = _File(path, text)
+    top = _Table(file, (), raw)
+    study = top.table("study")
+    proxy = _proxy(top.table("proxy"))
+    roles = _roles(top.table("roles"))
+    top.done(("study", "proxy", "roles"))
+
+    name = study.get("name", _string)
+    question = study.get("question", _string)
+    tolerance = float(study.get("tolerance", _real(0.0, open_low=True), 0.01))
+    seed = study.get("seed", _integer(0), 0)
+    trials = study.get("trials", _integer(1), 20)
+    seeds = tuple(study.get("seeds", _seed_list, [0]))
+    objectives = tuple(study.get("objectives", _objectives, ["val_loss"]))
+    sampler = study.get("sampler", _one_of(SAMPLERS), "tpe")
+    pruner = study.get("pruner", _one_of(PRUNERS), "median" if len(objectives) == 1 else "none")
+    penalty = float(study.get("penalty", _real(0.0, open_low=True), 20.0))
+    study.done()
+    if len(objectives) > 1 and pruner != "none":
+        raise study.error(
+            "pruner", f'pruning needs a single objective; use pruner = "none" with {objectives}'
+        )
+    if sampler == "grid":
+        _check_enumerable(file, roles)
+    return SearchSpec(
+        path=path,
+        name=name,
+        question=question,
+        tolerance=tolerance,
+        seed=seed,
+        trials=trials,
+        seeds=seeds,
+        objectives=objectives,
+        sampler=sampler,
+        pruner=pruner,
+        penalty=penalty,
+        proxy=proxy,
+        roles=roles,
+        raw=raw,
+    )
+
+
+def _proxy(table: _Table) -> ProxySpec:
+    from optispace.proxies import TIERS
+    from optispace.proxies.train import SCHEDULES
+
+    tokens = table.get("tokens", _integer(1), None)
+    steps = table.get("steps", _integer(1), None)
+    if (tokens is None) == (steps is None):
+        raise table.file.error(table.key, "give the budget per trial as exactly one of 'tokens' or 'steps'")
+    spec = ProxySpec(
+        tier=table.get("tier", _one_of(tuple(TIERS))),
+        data=table.get("data", _string, None),
+        tokens=tokens,
+        steps=steps,
+        eval_every=table.get("eval_every", _integer(1), 50),
+        eval_batches=table.get("eval_batches", _integer(1), 8),
+        schedule=table.get("schedule", _one_of(SCHEDULES), "cosine"),
+        warmup=float(table.get("warmup", _real(0.0, 1.0), 0.1)),
+        grad_clip=float(table.get("grad_clip", _real(0.0), 1.0)),
+        device=table.get("device", _string, "auto"),
+        compile=table.get("compile", _boolean, False),
+    )
+    table.done()
+    return spec
+
+
+def _roles(table: _Table) -> dict[str, RoleSpace]:
+    for name in table.data:
+        if name not in ROLES:
+            raise table.error(name, f"unknown role; the roles are {', '.join(ROLES)}")
+    spaces = {role: _role(table.table(role)) for role in ROLES}
+    for role, space in spaces.items():
+        if space.tie is None:
+            continue
+        if space.tie not in ROLES or space.tie == role:
+            raise table.file.error(("roles", role, "tie"), f"must name another role ({', '.join(ROLES)})")
+        if spaces[space.tie].tie is not None:
+            raise table.file.error(
+                ("roles", role, "tie"),
+                f"ties to {space.tie!r}, which is tied itself; tie to the role it names",
+            )
+        owner = spaces[space.tie]
+        for family, choices in owner.families.items():
+            for choice in choices:
+                problem = incompatible_choice(role, family, choice)
+                if problem:
+                    raise table.file.error(
+                        ("roles", role, "tie"), f"cannot share {space.tie}'s choices: {problem}"
+                    )
+    return spaces
+
+
+def _role(table: _Table) -> RoleSpace:
+    role = table.key[-1]
+    if "tie" in table.data:
+        tie = table.get("tie", _string)
+        table.done(("tie",))
+        return RoleSpace(role=role, tie=tie)
+    if "chain" in table.data:
+        chain = table.get("chain", _chain_text)
+        numbers = {"lr": _number(table, "lr")}
+        table.done(("chain", "lr"))
+        return RoleSpace(role=role, chain=chain, numbers=numbers)
+    families: dict[str, tuple[str, ...]] = {}
+    for family, choices in FAMILIES.items():
+        if family in table.data:
+            families[family] = tuple(table.get(family, _choices(role, family, tuple(choices))))
+    if not families:
+        raise table.file.error(
+            table.key, f"give 'chain', 'tie', or choices for at least one of {', '.join(FAMILIES)}"
+        )
+    numbers = {name: _number(table, name) for name in NUMBER_CHECKS if name == "lr" or name in table.data}
+    for name in ("beta1", "beta2"):
+        if name in numbers and not any(uses(f, c, name) for f, choices in families.items() for c in choices):
+            offered = "; ".join(f"{f}: {', '.join(c)}" for f, c in families.items())
+            raise table.error(name, f"no choice of this role uses {name} ({offered})")
+    table.done(("tie", "chain", *FAMILIES, *NUMBER_CHECKS))
+    return RoleSpace(role=role, families=families, numbers=numbers)
+
+
+def _chain_text(value: Any) -> str | None:
+    problem = _string(value)
+    if problem:
+        return problem
+    from optispace.chain import parse_chain
+
+    try:
+        parse_chain(value)
+    except ValueError as e:
+        return f"not a valid chain: {e}"
+    return None
+
+
+def _choices(role: str, family: str, allowed: tuple[str, ...]) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if not isinstance(value, list) or not value:
+            return f"must be a non-empty array of choices from {', '.join(allowed)}, not {value!r}"
+        for choice in value:
+            if choice not in allowed:
+                return f"unknown choice {choice!r}; allowed: {', '.join(allowed)}"
+            problem = incompatible_choice(role, family, choice)
+            if problem:
+                return problem
+        if len(set(value)) != len(value):
+            return f"has a repeated choice: {value!r}"
+        return None
+
+    return check
+
+
+def _number(table: _Table, name: str) -> Number:
+    """A fixed number, ``[low, high]`` (a range; log-uniform for lr) or ``{values = [...]}``."""
+    check = NUMBER_CHECKS[name]
+    value = table.get(name, lambda v: None)
+    if isinstance(value, list):
+        if len(value) != 2:
+            raise table.error(name, f"a range is [low, high] (two numbers), not {value!r}")
+        for bound in value:
+            problem = check(bound)
+            if problem:
+                raise table.error(name, f"range bound {problem}")
+        if not value[0] < value[1]:
+            raise table.error(
+                name, f"range {value!r} is reversed or empty; write [low, high] with low < high"
+            )
+        return Range(float(value[0]), float(value[1]), log=name == "lr")
+    if isinstance(value, dict):
+        values = value.get("values")
+        if set(value) != {"values"} or not isinstance(values, list) or not values:
+            raise table.error(name, f"a choice of numbers is written {{values = [a, b, ...]}}, not {value!r}")
+        for v in values:
+            problem = check(v)
+            if problem:
+                raise table.error(name, f"value {problem}")
+        if len(set(values)) != len(values):
+            raise table.error(name, f"has a repeated value: {values!r}")
+        return Values(tuple(float(v) for v in values))
+    problem = check(value)
+    if problem:
+        raise table.error(name, f"{problem} (or a range [low, high], or {{values = [...]}})")
+    return float(value)
+
+
+def _check_enumerable(file: _File, roles: dict[str, RoleSpace]) -> None:
+    for role, space in roles.items():
+        for name, number in space.numbers.items():
+            if isinstance(number, Range):
+                raise file.error(
+                    ("roles", role, name),
+                    'sampler "grid" enumerates choices; give a number or {values = [...]}, not a range',
+                )

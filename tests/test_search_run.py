@@ -1,0 +1,283 @@
+"""Running studies: exact trial counts, resume, divergence, crashes, SIGKILL and SIGTERM.
+
+A fake trainer stands in for the proxy here (the real one runs in tests/test_cli_search.py): its
+loss is a known function of the matrix lr, it can sleep, diverge or crash on chosen lrs, and it is
+picklable so worker processes can use it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from optispace.errors import UserError
+from optispace.proxies.train import RunRecord
+from optispace.search.run import counts, run_search, worker_seed
+from optispace.search.spec import parse_search_text
+from optispace.search.storage import open_storage
+
+PENALTY = 20.0
+
+SEARCH = """
+[study]
+name = "unit"
+question = "Does the run loop count, resume and recover exactly?"
+seed = 3
+trials = 4
+seeds = [0, 1]
+sampler = "{sampler}"
+pruner = "{pruner}"
+penalty = {penalty}
+
+[proxy]
+tier = "tiny"
+steps = 4
+eval_every = 1
+
+[roles.embed]
+second_moment = ["full", "factored"]
+lr = 1e-2
+
+[roles.head]
+tie = "embed"
+
+[roles.matrix]
+momentum = ["none", "ema"]
+normalization = ["none", "sign"]
+lr = [1e-4, 1e-1]
+beta1 = [0.8, 0.95]
+
+[roles.vector]
+chain = "momentum(0.9) > second_moment(full)"
+lr = 3e-3
+"""
+
+
+def search_text(sampler: str = "random", pruner: str = "none") -> str:
+    return SEARCH.format(sampler=sampler, pruner=pruner, penalty=PENALTY)
+
+
+@dataclass(frozen=True)
+class FakeTrainer:
+    """Loss ``3 + (log10(matrix lr) + 2.5)^2 + seed/100``, reported on steps 1..4.
+
+    ``sleep_s`` per step; a matrix lr above ``diverge_lr`` diverges at step 2, above ``crash_lr``
+    raises ``RuntimeError("boom")`` at step 3.
+    """
+
+    sleep_s: float = 0.0
+    diverge_lr: float = math.inf
+    crash_lr: float = math.inf
+
+    def __call__(self, config: dict, on_eval) -> RunRecord:
+        lr = config["role_lr"]["matrix"]
+        loss = 3.0 + (math.log10(lr) + 2.5) ** 2 + config["seed"] / 100
+        record = RunRecord(
+            config=config,
+            corpus={"fingerprint": "fake"},
+            state_bytes={"embed": 8, "matrix": 24},
+            tokens_per_s=1000.0,
+            wall_time_s=0.01,
+            device="cpu",
+        )
+        for step in range(1, 5):
+            time.sleep(self.sleep_s)
+            if lr > self.diverge_lr and step == 2:
+                record.diverged, record.diverged_step = "loss above bound", step
+                return record
+            if lr > self.crash_lr and step == 3:
+                raise RuntimeError("boom")
+            on_eval(step, step * 256, loss + 1.0 / step)
+        record.final_val_loss = loss
+        return record
+
+
+def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+
+
+def load(url: str, name: str = "unit") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=open_storage(url))
+
+
+def run(url: str, n: int, trainer: FakeTrainer = FakeTrainer(), **kwargs) -> optuna.Study:
+    spec = parse_search_text(kwargs.pop("text", search_text()), "unit.toml")
+    run_search(spec, url, n_trials=n, trainer=trainer, progress=False, **kwargs)
+    return load(url)
+
+
+def test_a_study_ends_with_exactly_n_finished_trials_and_resumes(tmp_path: Path) -> None:
+    url = str(tmp_path / "s.journal")
+    assert len(finished(run(url, 3))) == 3
+    study = run(url, 5)
+    assert [t.number for t in study.trials] == [0, 1, 2, 3, 4]
+    assert len(run(url, 5).trials) == 5, "a finished study runs nothing more"
+    assert study.user_attrs["seeds"] == [0, 1] and study.user_attrs["penalty"] == PENALTY
+    trial = study.trials[0]
+    assert trial.values[0] == pytest.approx(math.fsum(trial.user_attrs["seed_losses"]) / 2)
+    assert trial.user_attrs["chain.head"] == trial.user_attrs["chain.embed"]
+    assert trial.user_attrs["lr.head"] == trial.user_attrs["lr.embed"] == 1e-2
+    assert trial.user_attrs["state_bytes"] == 32 and trial.user_attrs["state_bytes.matrix"] == 24
+    assert trial.user_attrs["structure"].startswith("embed: second_moment(")
+    assert trial.user_attrs["tokens_per_step"] == 8 * 32
+    assert trial.intermediate_values == {
+        1: pytest.approx(trial.user_attrs["seed_losses"][0] + 1.0),
+        2: pytest.approx(trial.user_attrs["seed_losses"][0] + 0.5),
+        3: pytest.approx(trial.user_attrs["seed_losses"][0] + 1 / 3),
+        4: pytest.approx(trial.user_attrs["seed_losses"][0] + 0.25),
+    }
+
+
+def test_beta1_is_sampled_only_with_a_momentum(tmp_path: Path) -> None:
+    study = run(str(tmp_path / "s.journal"), 12)
+    for trial in study.trials:
+        has_momentum = trial.params["matrix.momentum"] == "ema"
+        assert ("matrix.beta1" in trial.params) == has_momentum
+        assert ("momentum(" in trial.user_attrs["trained_chain.matrix"]) == has_momentum
+        if has_momentum:
+            assert f"momentum({trial.params['matrix.beta1']!r})" in trial.user_attrs["trained_chain.matrix"]
+            assert trial.user_attrs["hp"]["matrix.beta1"] == trial.params["matrix.beta1"]
+
+
+def test_a_diverged_trial_completes_with_the_penalty_and_its_reason(tmp_path: Path) -> None:
+    study = run(str(tmp_path / "s.journal"), 8, FakeTrainer(diverge_lr=1e-2))
+    diverged = [t for t in study.trials if "failure" in t.user_attrs]
+    assert diverged, "the lr range reaches above the divergence threshold"
+    for trial in diverged:
+        assert trial.state == TrialState.COMPLETE and trial.values == [PENALTY]
+        assert trial.user_attrs["failure"] == "diverged: loss above bound (seed 0)"
+        assert trial.user_attrs["failure_step"] == 2
+        assert trial.user_attrs["seed_losses"] == [None, None]
+    assert len(finished(study)) == 8
+
+
+def test_a_crash_is_a_failed_trial_that_does_not_count(tmp_path: Path) -> None:
+    study = run(str(tmp_path / "s.journal"), 8, FakeTrainer(crash_lr=1e-2))
+    crashed = study.get_trials(states=(TrialState.FAIL,))
+    assert crashed
+    assert {t.user_attrs["failure"] for t in crashed} == {"crashed: RuntimeError: boom (seed 0)"}
+    assert {t.user_attrs["failure_step"] for t in crashed} == {2}
+    assert len(finished(study)) == 8
+
+
+def test_a_worker_gives_up_after_repeated_crashes(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="5 trials in a row failed; the last: crashed: RuntimeError: boom"):
+        run(str(tmp_path / "s.journal"), 8, FakeTrainer(crash_lr=0.0))
+
+
+def test_the_pruner_stops_bad_trials_on_the_first_seed(tmp_path: Path) -> None:
+    study = run(str(tmp_path / "s.journal"), 16, text=search_text(sampler="tpe", pruner="median"))
+    pruned = study.get_trials(states=(TrialState.PRUNED,))
+    assert pruned and len(finished(study)) == 16
+    assert all(max(t.intermediate_values) < 4 for t in pruned)
+
+
+def test_a_different_search_file_cannot_resume_a_study(tmp_path: Path) -> None:
+    url = str(tmp_path / "s.journal")
+    run(url, 1)
+    with pytest.raises(UserError, match=r"different search file \(first difference: roles.vector.lr\)"):
+        run(url, 2, text=search_text().replace("lr = 3e-3", "lr = 1e-3"))
+    assert len(load(url).trials) == 1
+
+
+def test_the_grid_sampler_enumerates_every_configuration_once(tmp_path: Path) -> None:
+    text = search_text(sampler="grid").replace("lr = [1e-4, 1e-1]", "lr = {values = [1e-3, 1e-2]}")
+    text = text.replace("beta1 = [0.8, 0.95]", "beta1 = 0.9").replace('"none", "sign"', '"sign"')
+    # embed 2 choices x matrix (momentum none or ema, each with 2 lrs) = 2 x 4
+    study = run(str(tmp_path / "s.journal"), 8, text=text)
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 8
+    with pytest.raises(UserError, match="has 8 configurations; ask for at most 8 trials"):
+        run(str(tmp_path / "t.journal"), 9, text=text)
+
+
+def test_worker_seeds_differ_by_rank_and_are_reproducible() -> None:
+    seeds = [worker_seed(7, rank) for rank in range(8)]
+    assert len(set(seeds)) == 8 and seeds == [worker_seed(7, rank) for rank in range(8)]
+    assert worker_seed(8, 0) != seeds[0]
+
+
+@pytest.mark.slow
+def test_two_local_workers_finish_exactly_n(tmp_path: Path) -> None:
+    url = str(tmp_path / "s.journal")
+    study = run(url, 10, FakeTrainer(sleep_s=0.02), workers=2)
+    assert len(finished(study)) == 10
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    assert {t.user_attrs["worker"] for t in finished(study)} <= {0, 1}
+
+
+WORKER = """
+import sys
+from test_search_run import FakeTrainer, search_text
+from optispace.search.run import _worker_main
+from optispace.search.spec import parse_search_text
+_worker_main(parse_search_text(search_text(), "unit.toml"), sys.argv[1], "unit", int(sys.argv[2]), 0,
+             FakeTrainer(sleep_s=float(sys.argv[3])))
+"""
+
+
+def start_worker(url: str, n: int, sleep_s: float) -> subprocess.Popen:
+    """A worker process (the test module importable in it) running the unit search."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(WORKER), url, str(n), str(sleep_s)], env=env
+    )
+
+
+def wait_for_running(
+    url: str, process: subprocess.Popen, timeout_s: float = 60.0
+) -> optuna.trial.FrozenTrial:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the worker ended before a trial ran"
+        try:
+            running = load(url).get_trials(states=(TrialState.RUNNING,))
+        except KeyError:  # the study is not created yet
+            running = []
+        # "worker" is the last attribute written before training: the kill lands in the trainer,
+        # not inside a journal write (which would hold Optuna's file lock for its grace period).
+        if running and "worker" in running[0].user_attrs:
+            return running[0]
+        time.sleep(0.1)
+    raise AssertionError("no trial started running in time")
+
+
+@pytest.mark.slow
+def test_sigkill_mid_trial_then_resume_retries_it_and_ends_with_exactly_n(tmp_path: Path) -> None:
+    url = str(tmp_path / "s.journal")
+    worker = start_worker(url, 6, sleep_s=5.0)
+    killed = wait_for_running(url, worker)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()  # reaped: its pid is gone, so the next worker knows the trial is orphaned
+    study = run(url, 6)
+    assert len(finished(study)) == 6
+    assert study.trials[killed.number].state == TrialState.FAIL
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retried) == 1 and retried[0].params == killed.params
+    assert retried[0].state == TrialState.COMPLETE
+
+
+@pytest.mark.slow
+def test_sigterm_ends_the_running_trial_as_failed_and_queues_it_again(tmp_path: Path) -> None:
+    url = str(tmp_path / "s.journal")
+    worker = start_worker(url, 6, sleep_s=5.0)
+    interrupted = wait_for_running(url, worker)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=60) == 130
+    study = load(url)
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    trial = study.trials[interrupted.number]
+    assert trial.state == TrialState.FAIL and trial.user_attrs["failure"].startswith("interrupted: SIGTERM")
+    (waiting,) = study.get_trials(states=(TrialState.WAITING,))
+    assert waiting.params == interrupted.params
+    assert counts(run(url, 6)).finished == 6
