@@ -14,9 +14,11 @@ Measured on sampled steps (every ``every``-th), per role:
 
 A role with several tensors reports the mean over its tensors of ``nonzero_rows`` and ``row_spread``.
 
-The EMAs are updated on every step (an EMA sampled every k steps would be another estimator); tensors
-of more than two dims are viewed as ``(shape[0], -1)``, as Adafactor does. Vectors get only the
-autocorrelation.
+Gradients are read as the backward pass leaves them, before clipping (a common factor per step, so
+the cosines, shares and spreads are unchanged; only the EMAs weigh steps slightly differently from
+an optimizer fed clipped gradients). The EMAs are updated on every step (an EMA sampled every k
+steps would be another estimator); tensors of more than two dims are viewed as ``(shape[0], -1)``,
+as Adafactor does. Vectors get only the autocorrelation.
 """
 
 from __future__ import annotations
