@@ -1,5 +1,19 @@
-"""Composable optimizer primitives: small tensor transforms that declare their own state."""
+"""Composable optimizer primitives: small tensor transforms that declare their own state.
 
-from primitives.base import REGISTRY, Context, Primitive, StateSpec, check_arg, register
+Importing this package registers every primitive in :data:`REGISTRY` under its chain-text name.
+"""
 
-__all__ = ["REGISTRY", "Context", "Primitive", "StateSpec", "check_arg", "register"]
+from primitives.base import REGISTRY, Context, Primitive, StateSpec, check_arg, matrix_shape, register
+from primitives.decay import L2, WeightDecay
+from primitives.momentum import Momentum
+from primitives.normalize import ClipRMS, Normalize
+from primitives.orthogonalize import Orthogonalize
+from primitives.scaling import RelativeStep, ShapeScale
+from primitives.second_moment import SecondMoment
+from primitives.sign import Sign
+
+__all__ = [
+    "L2", "REGISTRY", "ClipRMS", "Context", "Momentum", "Normalize", "Orthogonalize", "Primitive",
+    "RelativeStep", "SecondMoment", "ShapeScale", "Sign", "StateSpec", "WeightDecay", "check_arg",
+    "matrix_shape", "register",
+]

@@ -12,6 +12,8 @@ value, and the canonical text form of a chain is generated from the fields (see
 from __future__ import annotations
 
 import dataclasses
+import functools
+import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -51,12 +53,52 @@ class Context:
     ``grad`` is the raw gradient in fp32; ``param`` is the parameter itself (it may be bf16:
     primitives that change it, like decoupled weight decay, do so in place); ``step`` is the
     1-based count of steps this parameter has taken; ``lr`` is the learning rate of its group.
+
+    ``step_size`` is what the optimizer finally multiplies the direction by (``param -= step_size
+    * u``); it starts at ``lr``, and scaling primitives (shape scaling, Adafactor's relative step)
+    change it instead of touching ``u``, so that clipping and normalization never see the scale.
+    ``deferrable`` is set by the chain: True when every later primitive is homogeneous (see
+    :attr:`Primitive.homogeneous`), so a scalar factor may be folded into ``step_size``.
     """
 
     grad: torch.Tensor
     param: torch.Tensor
     step: int
     lr: float
+    step_size: float | None = None
+    deferrable: bool = False
+
+    def __post_init__(self) -> None:
+        if self.step_size is None:
+            self.step_size = self.lr
+
+    def scaled(self, u: torch.Tensor, factor: float) -> torch.Tensor:
+        """``factor * u``: folded into ``step_size`` when no later primitive would see the difference.
+
+        ``u`` may be a state tensor (momentum returns its buffer), so it is never scaled in place.
+        """
+        if factor == 1.0:
+            return u
+        if self.deferrable:
+            self.step_size *= factor
+            return u
+        return u * factor
+
+
+def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    """The (rows, columns) view every shape-aware primitive uses.
+
+    A tensor of shape ``(d0, d1, ..., dk)`` is ``d0`` rows of ``d1 * ... * dk`` columns (an
+    embedding table is V rows of D); a vector is one row; a scalar is one row of one column.
+    """
+    if len(shape) == 0:
+        return 1, 1
+    if len(shape) == 1:
+        return 1, shape[0]
+    cols = 1
+    for d in shape[1:]:
+        cols *= d
+    return shape[0], cols
 
 
 def check_arg(primitive: str, arg: str, value: Any, ok: bool, allowed: str) -> None:
@@ -76,8 +118,13 @@ class Primitive:
 
     name: ClassVar[str] = ""
     positional: ClassVar[tuple[str, ...]] = ()
+    #: True when ``apply(c * u) == c * apply(u)`` for every scalar ``c > 0`` and the state never
+    #: stores ``u``: an earlier primitive may then fold a scalar into ``Context.step_size``.
+    homogeneous: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
+        for field, value in _as_declared_floats(self).items():
+            object.__setattr__(self, field, value)
         self.validate()
 
     def validate(self) -> None:
@@ -103,3 +150,34 @@ class Primitive:
     def arguments(self) -> dict[str, Any]:
         """The fields as a name -> value mapping, in declaration order."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+@functools.cache
+def _float_fields(cls: type[Primitive]) -> tuple[tuple[str, bool], ...]:
+    """(field, is_tuple) for the fields declared ``float``, ``float | None`` or ``tuple[float, ...]``."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        args = typing.get_args(hints[f.name])
+        if typing.get_origin(hints[f.name]) is tuple:
+            if args and args[0] is float:
+                out.append((f.name, True))
+        elif hints[f.name] is float or float in args:
+            out.append((f.name, False))
+    return tuple(out)
+
+
+def _as_declared_floats(p: Primitive) -> dict[str, Any]:
+    """The integer values of float fields, as floats: ``momentum(1)`` and ``momentum(1.0)`` are one."""
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    out: dict[str, Any] = {}
+    for name, is_tuple in _float_fields(type(p)):
+        value = getattr(p, name)
+        if is_tuple and isinstance(value, tuple | list):
+            out[name] = tuple(float(v) if is_int(v) else v for v in value)
+        elif is_int(value):
+            out[name] = float(value)
+    return out

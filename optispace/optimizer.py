@@ -1,0 +1,173 @@
+"""The optimizer: one chain of primitives and one learning rate per parameter role.
+
+``Optimizer(model, "ember", lr=3e-3, role_lr={"embed": 1e-2}, beta2=0.99)`` is a real
+``torch.optim.Optimizer``: one param group per role present (keys ``role``, ``chain`` (canonical
+text), ``lr``, plus the recipe's hyperparameters), so torch LR schedulers work. Each step, for each
+parameter with a gradient: ``u = chain(g)``, then ``p -= step_size * u`` (``step_size`` is the
+group's lr unless a scaling primitive changed it), in fp32 and cast back for bf16/fp16 parameters.
+
+State is allocated when the optimizer is built, exactly what the chains declare, in fp32 whatever
+the parameter's dtype, under stable names (``momentum.m``, ``second_moment.v``) plus ``step``, the
+parameter's own step count (a Python int), so a saved and resumed run continues bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from optispace.chain import Chain, parse_chain
+from optispace.recipes import Recipe, check_lr, get_recipe
+from optispace.roles import ROLES, Override, assign_roles, check_role
+from primitives import Context
+
+RecipeSpec = str | Recipe | Mapping[str, str | Chain]
+
+
+def resolve_recipe(
+    recipe: RecipeSpec, roles_present: Iterable[str], lr: float | None,
+    role_lr: Mapping[str, float] | None, hyperparameters: Mapping[str, Any],
+) -> tuple[dict[str, Chain], dict[str, float], dict[str, Any]]:
+    """(chain per role, lr per role, resolved hyperparameters) for the roles present.
+
+    ``recipe`` is a name in ``RECIPES``, a :class:`Recipe`, or ``{role: chain text or Chain}``
+    covering every role present (then ``lr`` or ``role_lr`` must give every role's lr, and there
+    are no hyperparameters: they are written in the chain text).
+    """
+    present = list(roles_present)
+    role_lr = dict(role_lr or {})
+    for role in role_lr:
+        check_role(role, "role_lr")
+    if isinstance(recipe, str | Recipe):
+        r = get_recipe(recipe) if isinstance(recipe, str) else recipe
+        hp = r.resolve(hyperparameters)
+        chains = r.chains(**hp)
+        default_lr = r.lr
+    elif isinstance(recipe, Mapping):
+        if hyperparameters:
+            raise ValueError(f"hyperparameters {', '.join(sorted(hyperparameters))} apply to named recipes; "
+                             "with a {role: chain} recipe write them into the chain text")
+        for role in recipe:
+            check_role(role, "recipe")
+        missing = [role for role in present if role not in recipe]
+        if missing:
+            raise ValueError(f"recipe: no chain for role(s) {', '.join(missing)}, which the model has; "
+                             f"give a chain for each of {', '.join(present)}")
+        chains = {role: c if isinstance(c, Chain) else parse_chain(c) for role, c in recipe.items()}
+        hp, default_lr = {}, None
+    else:
+        raise ValueError(f"recipe: {recipe!r} is neither a recipe name nor a {{role: chain}} mapping")
+    lrs = {}
+    for role in present:
+        value = role_lr.get(role, lr if lr is not None else default_lr)
+        if value is None:
+            raise ValueError(f"no lr for role {role!r}: give lr= or role_lr={{{role!r}: ...}}")
+        lrs[role] = check_lr(value, f"role {role!r}")
+    return {role: chains[role] for role in present}, lrs, hp
+
+
+def state_bytes_for(
+    shapes: Mapping[str, Iterable[tuple[int, ...]]], recipe: RecipeSpec = "adamw", **hyperparameters: Any
+) -> dict[str, int]:
+    """Bytes of optimizer state per role for parameters of these shapes, without allocating any."""
+    chains, _, _ = resolve_recipe(recipe, list(shapes), 0.0, None, hyperparameters)
+    return {role: sum(chains[role].state_bytes(tuple(s)) for s in shapes[role]) for role in shapes}
+
+
+class Optimizer(torch.optim.Optimizer):
+    """One chain and one lr per parameter role (module docstring).
+
+    ``model_or_params``: an ``nn.Module`` (roles from its modules), or parameters (a list of tensors
+    or of ``(name, tensor)`` pairs; roles from shapes alone). ``roles``: an override, a mapping
+    ``{name: role}`` or a function ``(name, param) -> role | None``. ``lr`` sets every role's lr,
+    ``role_lr`` single roles'. Every mistake (an unknown recipe, role or hyperparameter, a bad
+    value, a chain that cannot act on a parameter's shape) raises ``ValueError`` here, at build time.
+    """
+
+    def __init__(
+        self, model_or_params: nn.Module | Iterable, recipe: RecipeSpec = "adamw", *,
+        lr: float | None = None, role_lr: Mapping[str, float] | None = None,
+        roles: Override | None = None, **hyperparameters: Any,
+    ) -> None:
+        assigned = assign_roles(model_or_params, roles)
+        by_role: dict[str, list[tuple[str, nn.Parameter]]] = {}
+        for name, (role, p) in assigned.items():
+            by_role.setdefault(role, []).append((name, p))
+        present = [role for role in ROLES if role in by_role]
+        chains, lrs, hp = resolve_recipe(recipe, present, lr, role_lr, hyperparameters)
+        groups = []
+        for role in present:
+            for name, p in by_role[role]:
+                try:
+                    chains[role].check_shape(tuple(p.shape))
+                except ValueError as e:
+                    raise ValueError(f"parameter {name!r} (role {role}, shape {tuple(p.shape)}): "
+                                     f"{e}") from None
+            groups.append({"params": [p for _, p in by_role[role]], "role": role, "chain": str(chains[role]),
+                           "lr": lrs[role], **hp})
+        if not groups:
+            raise ValueError("optimizer: no trainable parameters (none requires a gradient)")
+        super().__init__(groups, {})
+        for group in self.param_groups:
+            chain = parse_chain(group["chain"])
+            for p in group["params"]:
+                self.state[p] = {"step": 0, **chain.init_state(tuple(p.shape), p.device)}
+
+    def state_bytes(self) -> dict[str, int]:
+        """Bytes of optimizer state per role, as allocated (equal to what the chains declare)."""
+        return {
+            group["role"]: sum(v.nbytes for p in group["params"] for v in self.state[p].values()
+                               if isinstance(v, torch.Tensor))
+            for group in self.param_groups
+        }
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One step for every parameter that has a gradient; the others are left alone."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            chain = parse_chain(group["chain"])
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._step_one(p, chain, group["lr"])
+        return loss
+
+    def _step_one(self, p: torch.Tensor, chain: Chain, lr: float) -> None:
+        if p.grad.is_sparse:
+            raise ValueError("optispace.Optimizer does not take sparse gradients (nn.Embedding(sparse=True))")
+        state = self.state[p]
+        state["step"] += 1
+        grad = p.grad.float()
+        work = p.float() if p.dtype in (torch.bfloat16, torch.float16) else p
+        ctx = Context(grad=grad, param=work, step=state["step"], lr=lr)
+        u = chain.apply(grad, state, ctx)
+        work.add_(u, alpha=-ctx.step_size)
+        if work is not p:
+            p.copy_(work)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's, for a checkpoint of the same chains; state keeps its declared dtype (fp32).
+
+        torch would cast floating state to each parameter's dtype (bf16 state for bf16 parameters).
+        """
+        saved_groups = state_dict["param_groups"]
+        ours = [(g["role"], g["chain"]) for g in self.param_groups]
+        theirs = [(g.get("role"), g.get("chain")) for g in saved_groups]
+        if ours != theirs:
+            raise ValueError(f"load_state_dict: the checkpoint's (role, chain) groups {theirs} are not this "
+                             f"optimizer's {ours}; build the optimizer with the recipe it was saved with")
+        super().load_state_dict(state_dict)
+        index = {id(p): i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
+        for group in self.param_groups:
+            chain = parse_chain(group["chain"])
+            for p in group["params"]:
+                saved = state_dict["state"][index[id(p)]]
+                for spec in chain.state_specs(tuple(p.shape)):
+                    value = saved[spec.name]
+                    self.state[p][spec.name] = value.to(device=p.device, dtype=spec.dtype, copy=True)

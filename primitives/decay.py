@@ -1,0 +1,64 @@
+"""Weight decay, decoupled (AdamW, Lion, Muon) or coupled as an L2 term (torch SGD, Adam, RMSprop)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from primitives.base import Context, Primitive, check_arg, register
+
+
+def _check_rate(primitive: str, value: float) -> None:
+    check_arg(primitive, "rate", value, isinstance(value, float) and 0.0 <= value < math.inf,
+              "a finite number >= 0")
+
+
+@register
+@dataclass(frozen=True)
+class WeightDecay(Primitive):
+    """Decoupled weight decay: ``p <- p (1 - lr * rate)``, in place, before the update (torch AdamW).
+
+    It scales by the group's ``lr``, not by the step size that scaling primitives adjust.
+    """
+
+    name = "weight_decay"
+    positional = ("rate",)
+    homogeneous = True
+
+    rate: float = 0.01
+
+    def validate(self) -> None:
+        _check_rate(self.name, self.rate)
+
+    def apply(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: Context) -> torch.Tensor:
+        if self.rate != 0.0:
+            ctx.param.mul_(1.0 - ctx.lr * self.rate)
+        return u
+
+
+@register
+@dataclass(frozen=True)
+class L2(Primitive):
+    """Coupled weight decay: the gradient of ``rate/2 ||p||^2`` joins the gradient.
+
+    ``u' = u + rate p``, and later statistics read ``g + rate p`` as their raw gradient (torch Adam's
+    ``weight_decay``: its second moment is of the decayed gradient).
+    """
+
+    name = "l2"
+    positional = ("rate",)
+
+    rate: float = 0.01
+
+    def validate(self) -> None:
+        _check_rate(self.name, self.rate)
+
+    def apply(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: Context) -> torch.Tensor:
+        if self.rate == 0.0:
+            return u
+        grad = ctx.grad.add(ctx.param, alpha=self.rate)
+        out = grad if u is ctx.grad else u.add(ctx.param, alpha=self.rate)
+        ctx.grad = grad
+        return out

@@ -1,0 +1,100 @@
+"""Momentum: a running combination of past directions (the first moment).
+
+Kinds, each matching the reference it is named after, to the operation:
+- ``ema``: ``m <- beta m + (1 - beta) u`` (``lerp``, as torch Adam and Muon). ``u' = m / (1 - beta^t)``
+  with bias correction (Adam, the default), ``u' = m`` without it. With ``nesterov=True`` (Muon,
+  never bias-corrected): ``u' = (1 - beta) u + beta m``.
+- ``heavy_ball``: torch SGD momentum, ``m <- beta m + (1 - dampening) u`` (``m <- u`` on the first
+  step), ``u' = m``; with ``nesterov=True`` (needs ``dampening=0``): ``u' = u + beta m``.
+- ``lion``: ``u' = beta u_m + (1 - beta) u`` with the stored ``m`` *before* it moves, then
+  ``m <- beta2 m + (1 - beta2) u`` (lion-pytorch's operations; the sign is a separate primitive).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from primitives.base import Context, Primitive, StateSpec, check_arg, register
+
+KINDS = ("ema", "heavy_ball", "lion")
+
+
+def check_beta(primitive: str, arg: str, value: float) -> None:
+    """The house check for a decay rate: a number in [0, 1)."""
+    check_arg(primitive, arg, value, isinstance(value, float) and 0.0 <= value < 1.0, "a number in [0, 1)")
+
+
+@register
+@dataclass(frozen=True)
+class Momentum(Primitive):
+    """First moment of the direction; ``kind`` picks the reference form (module docstring).
+
+    ``bias_correction`` applies to ``ema`` only; ``None`` means the kind's own convention (``ema``:
+    on, as Adam; ``ema`` with ``nesterov``: off, as Muon). Writing the convention explicitly is
+    normalized to ``None``, so equal behaviour gives equal chains and one canonical text.
+    """
+
+    name = "momentum"
+    positional = ("beta",)
+
+    beta: float = 0.9
+    kind: str = "ema"
+    nesterov: bool = False
+    dampening: float = 0.0
+    beta2: float | None = None
+    bias_correction: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.bias_correction is (self.kind == "ema" and not self.nesterov):
+            object.__setattr__(self, "bias_correction", None)
+        super().__post_init__()
+
+    def validate(self) -> None:
+        check_beta(self.name, "beta", self.beta)
+        check_arg(self.name, "kind", self.kind, self.kind in KINDS, f"one of {', '.join(KINDS)}")
+        check_arg(self.name, "nesterov", self.nesterov, isinstance(self.nesterov, bool), "True or False")
+        heavy_ball_dampening = self.kind == "heavy_ball" and 0.0 <= self.dampening <= 1.0
+        check_arg(self.name, "dampening", self.dampening,
+                  isinstance(self.dampening, float) and (self.dampening == 0.0 or heavy_ball_dampening),
+                  "0 (or, with kind=heavy_ball, a number in [0, 1])")
+        if self.kind == "lion":
+            check_arg(self.name, "beta2", self.beta2, self.beta2 is not None, "given with kind=lion")
+            check_beta(self.name, "beta2", self.beta2)
+            check_arg(self.name, "nesterov", self.nesterov, not self.nesterov, "False with kind=lion")
+        else:
+            check_arg(self.name, "beta2", self.beta2, self.beta2 is None, "left out unless kind=lion")
+        check_arg(
+            self.name, "bias_correction", self.bias_correction,
+            self.bias_correction is None or self.kind == "ema",
+            "left out unless kind=ema",
+        )
+        if self.kind == "ema" and self.nesterov:
+            check_arg(self.name, "bias_correction", self.bias_correction, self.bias_correction is None,
+                      "left out with nesterov=True (Muon's form has none)")
+        if self.kind == "heavy_ball" and self.nesterov:
+            check_arg(self.name, "dampening", self.dampening, self.dampening == 0.0,
+                      "0 with nesterov=True (as torch SGD)")
+
+    def state_specs(self, shape: tuple[int, ...]) -> list[StateSpec]:
+        return [StateSpec("m", tuple(shape))]
+
+    def apply(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: Context) -> torch.Tensor:
+        m = state["m"]
+        if self.kind == "lion":
+            out = torch.mul(m, self.beta).add_(u, alpha=1.0 - self.beta)
+            m.mul_(self.beta2).add_(u, alpha=1.0 - self.beta2)
+            return out
+        if self.kind == "heavy_ball":
+            if ctx.step == 1:
+                m.copy_(u)
+            else:
+                m.mul_(self.beta).add_(u, alpha=1.0 - self.dampening)
+            return torch.add(u, m, alpha=self.beta) if self.nesterov else m
+        m.lerp_(u, 1.0 - self.beta)
+        if self.nesterov:
+            return u.lerp(m, self.beta)
+        if self.bias_correction is False:
+            return m
+        return ctx.scaled(m, 1.0 / (1.0 - self.beta**ctx.step))

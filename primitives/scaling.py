@@ -1,0 +1,64 @@
+"""Step-size scaling: primitives that change ``Context.step_size`` and leave the direction alone."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from primitives.base import Context, Primitive, check_arg, matrix_shape, register
+
+RULES = ("original", "match_rms_adamw")
+
+
+@register
+@dataclass(frozen=True)
+class ShapeScale(Primitive):
+    """Muon's shape scaling of the step, on the (rows, columns) view (torch.optim.Muon ``adjust_lr_fn``).
+
+    ``original``: ``step *= sqrt(max(1, rows / cols))`` (Keller Jordan);
+    ``match_rms_adamw``: ``step *= 0.2 sqrt(max(rows, cols))`` (Moonshot).
+    """
+
+    name = "shape_scale"
+    positional = ("rule",)
+    homogeneous = True
+
+    rule: str = "original"
+
+    def validate(self) -> None:
+        check_arg(self.name, "rule", self.rule, self.rule in RULES, f"one of {', '.join(RULES)}")
+
+    def apply(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: Context) -> torch.Tensor:
+        rows, cols = matrix_shape(tuple(u.shape))
+        if self.rule == "original":
+            ctx.step_size *= math.sqrt(max(1.0, rows / cols))
+        else:
+            ctx.step_size *= 0.2 * math.sqrt(max(rows, cols))
+        return u
+
+
+@register
+@dataclass(frozen=True)
+class RelativeStep(Primitive):
+    """Adafactor's parameter-relative step: ``step = max(eps, RMS(p)) * min(step, 1 / sqrt(t))``.
+
+    RMS(p) is read when the primitive runs: first in the chain, that is before weight decay, as
+    torch Adafactor does. It is why Adafactor's best lr is far above Adam's.
+    """
+
+    name = "relative_step"
+    positional = ("eps",)
+
+    eps: float = 1e-3
+
+    def validate(self) -> None:
+        check_arg(self.name, "eps", self.eps, isinstance(self.eps, float) and 0.0 <= self.eps < math.inf,
+                  "a finite number >= 0")
+
+    def apply(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: Context) -> torch.Tensor:
+        p = ctx.param
+        rms = p.norm(2).item() / p.numel() ** 0.5
+        ctx.step_size = max(self.eps, rms) * min(ctx.step_size, 1.0 / ctx.step**0.5)
+        return u

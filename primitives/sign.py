@@ -1,0 +1,20 @@
+"""Sign: ``u' = sign(u)``, entries in {-1, 0, 1} (signSGD, Signum and Lion end with it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from primitives.base import Context, Primitive, register
+
+
+@register
+@dataclass(frozen=True)
+class Sign(Primitive):
+    """``u' = sign(u)``; zero stays zero."""
+
+    name = "sign"
+
+    def apply(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: Context) -> torch.Tensor:
+        return torch.sign(u)

@@ -1,0 +1,205 @@
+"""The optimizer: param groups per role, lr per role, state bytes, skipping, dtypes, save and resume."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_chain import chains
+from torch import nn
+
+from optispace import RECIPES, Chain, Optimizer, assign_roles, state_bytes_for
+
+
+class LM(nn.Module):
+    def __init__(self, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(30, 6, dtype=dtype)
+        self.mix = nn.Linear(6, 6, dtype=dtype)
+        self.lm_head = nn.Linear(6, 30, bias=False, dtype=dtype)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(torch.tanh(self.mix(self.wte(ids))))
+
+
+def loss_step(model: nn.Module, opt: torch.optim.Optimizer, seed: int) -> None:
+    ids = torch.randint(0, 30, (3, 5), generator=torch.Generator().manual_seed(seed))
+    opt.zero_grad()
+    logits = model(ids[:, :-1]).float()
+    nn.functional.cross_entropy(logits.reshape(-1, 30), ids[:, 1:].reshape(-1)).backward()
+    opt.step()
+
+
+def test_one_param_group_per_role_with_chain_lr_and_hyperparameters() -> None:
+    opt = Optimizer(LM(), "ember", lr=3e-3, role_lr={"embed": 1e-2}, beta2=0.99)
+    groups = {g["role"]: g for g in opt.param_groups}
+    assert list(groups) == ["embed", "head", "matrix", "vector"]
+    assert groups["embed"]["chain"] == "second_moment(factored, beta2=0.99)"
+    assert groups["matrix"]["chain"] == "momentum(0.9) > second_moment(full)"
+    assert [groups[r]["lr"] for r in groups] == [1e-2, 3e-3, 3e-3, 3e-3]
+    assert groups["vector"]["beta2"] == 0.99 and groups["vector"]["betas"] == (0.9, 0.999)
+
+
+def test_recipe_lr_is_the_default() -> None:
+    assert {g["lr"] for g in Optimizer(LM(), "rmsprop").param_groups} == {RECIPES["rmsprop"].lr}
+
+
+def test_a_role_to_chain_mapping_is_a_recipe() -> None:
+    recipe = {"embed": "sign", "head": "identity", "matrix": "momentum(0.9) > orthogonalize",
+              "vector": Chain(())}
+    opt = Optimizer(LM(), recipe, lr=0.1)
+    assert [g["chain"] for g in opt.param_groups] == ["sign", "identity", "momentum(0.9) > orthogonalize",
+                                                       "identity"]
+
+
+@pytest.mark.parametrize(("kwargs", "words"), [
+    ({"recipe": "adamx"}, ["unknown recipe 'adamx'", "ember"]),
+    ({"recipe": "adam", "beta1": 0.9}, ["unknown hyperparameter(s) beta1", "betas"]),
+    ({"recipe": "adam", "betas": (0.9, 1.0)}, ["second_moment", "beta2=1.0", "[0, 1)"]),
+    ({"recipe": "adam", "betas": 0.9}, ["betas=0.9", "sequence of 2"]),
+    ({"recipe": "adam", "eps": -1e-8}, ["second_moment", "eps=-1e-08", ">= 0"]),
+    ({"recipe": "adam", "lr": -1.0}, ["lr=-1.0", ">= 0"]),
+    ({"recipe": "adam", "role_lr": {"hidden": 0.1}}, ["unknown role 'hidden'", "matrix"]),
+    ({"recipe": "adam", "roles": {"mix.bias": "bias"}}, ["unknown role 'bias'"]),
+    ({"recipe": {"embed": "sign", "head": "sign", "matrix": "sign"}, "lr": 0.1},
+     ["no chain for role(s) vector"]),
+    ({"recipe": {"embed": "sign", "head": "sign", "matrix": "sign", "vector": "sign", "hidden": "sign"},
+      "lr": 0.1}, ["unknown role 'hidden'"]),
+    ({"recipe": {r: "sign" for r in ("embed", "head", "matrix", "vector")}}, ["no lr for role 'embed'"]),
+    ({"recipe": {r: "sign" for r in ("embed", "head", "matrix", "vector")}, "lr": 0.1, "eps": 1e-8},
+     ["eps apply to named recipes"]),
+    ({"recipe": {"embed": "sign", "head": "sign", "matrix": "sign", "vector": "orthogonalize"}, "lr": 0.1},
+     ["'mix.bias'", "orthogonalize", "2-D"]),
+    ({"recipe": {r: "momentum(0.9) > sgn" for r in ("embed", "head", "matrix", "vector")}, "lr": 0.1},
+     ["column 17", "unknown primitive 'sgn'"]),
+])
+def test_mistakes_are_refused_when_the_optimizer_is_built(kwargs: dict, words: list[str]) -> None:
+    with pytest.raises(ValueError) as e:
+        Optimizer(LM(), **kwargs)
+    for w in words:
+        assert w in str(e.value)
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_state_bytes_are_declared_and_allocated(recipe: str) -> None:
+    model = LM()
+    opt = Optimizer(model, recipe)
+    shapes: dict[str, list] = {}
+    for role, p in assign_roles(model).values():
+        shapes.setdefault(role, []).append(tuple(p.shape))
+    declared = state_bytes_for(shapes, recipe)
+    assert opt.state_bytes() == declared
+    loss_step(model, opt, 0)
+    assert opt.state_bytes() == declared
+
+
+def test_state_is_fp32_for_bf16_parameters_and_the_update_is_computed_in_fp32() -> None:
+    low, high = LM(torch.bfloat16), LM()
+    high.load_state_dict({k: v.float() for k, v in low.state_dict().items()})
+    opt_low, opt_high = Optimizer(low, "adamw", lr=1e-2), Optimizer(high, "adamw", lr=1e-2)
+    ids = torch.randint(0, 30, (3, 5), generator=torch.Generator().manual_seed(0))
+    logits = low(ids[:, :-1]).float().reshape(-1, 30)
+    nn.functional.cross_entropy(logits, ids[:, 1:].reshape(-1)).backward()
+    for p_low, p_high in zip(low.parameters(), high.parameters(), strict=True):
+        p_high.grad = p_low.grad.float()
+    opt_low.step()
+    opt_high.step()
+    assert all(v.dtype == torch.float32 for s in opt_low.state.values() for v in s.values()
+               if isinstance(v, torch.Tensor))
+    for p_low, p_high in zip(low.parameters(), high.parameters(), strict=True):
+        assert p_low.dtype == torch.bfloat16
+        assert torch.equal(p_low, p_high.to(torch.bfloat16))
+
+
+def test_parameters_without_a_gradient_are_skipped() -> None:
+    model = LM()
+    opt = Optimizer(model, "adamw", lr=0.1)
+    before = model.mix.weight.detach().clone()
+    model.wte.weight.grad = torch.ones_like(model.wte.weight)
+    opt.step()
+    assert torch.equal(model.mix.weight, before)
+    assert opt.state[model.mix.weight]["step"] == 0
+    assert opt.state[model.wte.weight]["step"] == 1
+
+
+def test_step_returns_the_closure_loss() -> None:
+    model = LM()
+    opt = Optimizer(model, "sgd", lr=0.1)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = model(torch.tensor([[1, 2]])).square().mean()
+        loss.backward()
+        return loss
+
+    assert opt.step(closure) is not None
+
+
+def test_sparse_gradients_are_refused() -> None:
+    table = nn.Embedding(5, 2, sparse=True)
+    opt = Optimizer(table, "sgd")
+    table(torch.tensor([1])).sum().backward()
+    with pytest.raises(ValueError, match="sparse"):
+        opt.step()
+
+
+def _roundtrip(opt: Optimizer) -> dict:
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    return torch.load(buffer)
+
+
+@pytest.mark.parametrize("recipe", ["adamw", "ember", "muon", "adafactor", "lion"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_save_and_resume_continues_bit_for_bit(recipe: str, dtype: torch.dtype) -> None:
+    straight = LM(dtype)
+    opt = Optimizer(straight, recipe, lr=1e-2)
+    for seed in range(3):
+        loss_step(straight, opt, seed)
+    saved_model = {k: v.clone() for k, v in straight.state_dict().items()}
+    saved_opt = _roundtrip(opt)
+    for seed in range(3, 6):
+        loss_step(straight, opt, seed)
+
+    resumed = LM(dtype)
+    resumed.load_state_dict(saved_model)
+    opt2 = Optimizer(resumed, recipe, lr=1e-2)
+    opt2.load_state_dict(saved_opt)
+    assert all(v.dtype == torch.float32 for s in opt2.state.values() for v in s.values()
+               if isinstance(v, torch.Tensor))
+    for seed in range(3, 6):
+        loss_step(resumed, opt2, seed)
+    for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+@settings(max_examples=20)
+@given(chains, st.integers(0, 2**16))
+def test_save_and_resume_is_bit_identical_for_any_chain(chain: Chain, seed: int) -> None:
+    def run(opt: Optimizer, p: nn.Parameter, seeds: range) -> None:
+        for s in seeds:
+            p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(seed + s))
+            opt.step()
+
+    start = torch.randn(4, 3, generator=torch.Generator().manual_seed(seed))
+    p = nn.Parameter(start.clone())
+    opt = Optimizer([p], {"matrix": chain}, lr=1e-2)
+    run(opt, p, range(2))
+    saved_p, saved = p.detach().clone(), _roundtrip(opt)
+    run(opt, p, range(2, 4))
+    q = nn.Parameter(saved_p)
+    opt2 = Optimizer([q], {"matrix": chain}, lr=1e-2)
+    opt2.load_state_dict(saved)
+    run(opt2, q, range(2, 4))
+    assert torch.equal(p, q) or (p.isnan() == q.isnan()).all() and torch.equal(p.nan_to_num(), q.nan_to_num())
+
+
+def test_a_state_dict_from_another_chain_is_refused() -> None:
+    model = LM()
+    saved = Optimizer(model, "adamw").state_dict()
+    with pytest.raises(ValueError, match="build the optimizer with the recipe it was saved with"):
+        Optimizer(model, "ember").load_state_dict(saved)
