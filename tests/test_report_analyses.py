@@ -157,6 +157,8 @@ def test_lr_basin_and_divergence(trials, suff):
     s1 = sens.filter((pl.col("label") == "S1") & (pl.col("role") == "embed")).row(0, named=True)
     assert (s1["basin_lo"], s1["basin_hi"]) == (3e-3, 1e-2)
     assert s1["basin_decades"] == pytest.approx(math.log10(1e-2 / 3e-3))
+    s1_matrix = sens.filter((pl.col("label") == "S1") & (pl.col("role") == "matrix")).row(0, named=True)
+    assert (s1_matrix["basin_lo"], s1_matrix["basin_hi"]) == (3e-2, 1e-1)
     s5 = sens.filter(pl.col("label") == "S5").row(0, named=True)
     assert s5["diverged_lo"] == 3e-3 and s5["basin_decades"] == 0.0
     assert sens["role"].to_list()[:2] == ["embed", "matrix"]
@@ -168,3 +170,13 @@ def test_best_curves_are_complete(study, suff):
     assert best["label"].unique(maintain_order=True).to_list() == ["S1", "S2"]
     assert best.filter(pl.col("label") == "S1")["step"].to_list() == [100, 200, 300, 400, 500]
     assert best.filter(pl.col("label") == "S1")["val_loss"][-1] == pytest.approx(3.300)
+
+
+def test_roles_that_share_an_lr_share_a_sensitivity_row():
+    tied = [known_trial("adam", lr) for lr in (1e-3, 3e-3)]
+    for t in tied:
+        t.user_attrs["lr.head"] = t.user_attrs["lr.embed"]
+    trials = frames.trials_frame(tied)
+    assert analyses.lr_groups(trials) == {"embed": ["embed", "head"], "matrix": ["matrix"]}
+    sens = analyses.lr_sensitivity(trials, analyses.structures(trials), 0.02)
+    assert sens.select("role", "roles").rows() == [("embed", "embed, head"), ("matrix", "matrix")]

@@ -33,7 +33,9 @@ def draw_all(report, folder):
     top = report.trials.join(report.structures.select("structure", "label", "rank"), on="structure")
     return [
         figures.pareto_figure(points, report.front, report.structures, folder / "pareto.png"),
-        figures.sensitivity_figure(top, ["embed", "matrix"], 0.2, folder / "sensitivity.png"),
+        figures.sensitivity_figure(
+            top, [("embed", "embed"), ("matrix", "matrix")], 0.2, folder / "sensitivity.png"
+        ),
         figures.curves_figure(report.best_curves, folder / "curves.png"),
         figures.map_figure(report.shares, folder / "map.png"),
     ]

@@ -40,7 +40,7 @@ def test_attributes_become_typed_columns(trials):
     row = trials.row(0, named=True)
     assert row["chain.embed"] == "momentum(0.9) > second_moment(full)"
     assert row["structure"].startswith("embed: momentum(0.9) > second_moment(full) | head: ")
-    assert row["lr.embed"] == 1e-3 and row["lr.matrix"] == 1e-3
+    assert row["lr.embed"] == 1e-3 and row["lr.matrix"] == 1e-2
     assert row["state_bytes"] == 1_106_000 and row["state_bytes.embed"] == 512_000
     assert row["seeds"] == [0, 1, 2] and len(row["seed_losses"]) == 3
     assert (row["device"], row["corpus_fingerprint"], row["tokens_per_step"]) == ("cpu", "c0ffee", 1024)
@@ -126,3 +126,10 @@ def test_every_sampled_value_survives_whatever_trial_first_samples_it(samples):
         assert frame["param.embed.kind"].to_list() == [k for k, _ in samples]
     if any(lr is not None for _, lr in samples):
         assert frame["param.embed.lr"].to_list() == [lr for _, lr in samples]
+
+
+def test_a_pruned_trial_value_is_not_a_final_loss():
+    # Optuna stores a pruned trial's last intermediate value as its value.
+    pruned = optuna.trial.create_trial(state=TrialState.PRUNED, value=4.0, intermediate_values={16: 4.0})
+    frame = frames.trials_frame([pruned])
+    assert frame["values"].to_list() == [[4.0]] and frame["val_loss"].to_list() == [None]

@@ -255,9 +255,23 @@ def pareto_front(trials: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def lr_sensitivity(trials: pl.DataFrame, structs: pl.DataFrame, tolerance: float) -> pl.DataFrame:
-    """Per structure and role with a varied lr: the basin of lrs within ``tolerance`` of its best.
+def lr_groups(trials: pl.DataFrame) -> dict[str, list[str]]:
+    """Roles with an lr recorded, grouped when their columns are equal (tied roles, a shared
+    lr): first role of each group -> the group, in the canonical role order."""
+    groups: dict[str, list[str]] = {}
+    for role in chain_roles(trials):
+        column = trials.get_column(f"lr.{role}", default=None)
+        if column is None or column.null_count() == len(column):
+            continue
+        same = next((first for first in groups if trials[f"lr.{first}"].equals(column)), None)
+        groups.setdefault(same or role, []).append(role)
+    return groups
 
+
+def lr_sensitivity(trials: pl.DataFrame, structs: pl.DataFrame, tolerance: float) -> pl.DataFrame:
+    """Per structure and lr group with a varied lr: the basin of lrs within ``tolerance`` of its best.
+
+    One row per group of ``lr_groups`` (``role``: its first role, ``roles``: all of them).
     ``basin_lo``/``basin_hi`` = the least and greatest lr among the structure's finished trials with
     loss <= best_loss + tolerance; ``basin_decades`` = log10(basin_hi / basin_lo), a lower bound on
     the basin's width (the sampled lrs bound it). ``diverged_lo`` = the least lr at which a trial
@@ -265,10 +279,8 @@ def lr_sensitivity(trials: pl.DataFrame, structs: pl.DataFrame, tolerance: float
     """
     rows = []
     labels = structs.select("structure", "label", "rank", "best_loss")
-    for role in chain_roles(trials):
+    for role, group in lr_groups(trials).items():
         lr = f"lr.{role}"
-        if lr not in trials.columns:
-            continue
         points = trials.filter(pl.col(lr).is_not_null() & pl.col("structure").is_not_null())
         varied = points.group_by("structure").agg(n_lrs=pl.col(lr).n_unique()).filter(pl.col("n_lrs") > 1)
         points = points.join(varied, on="structure").join(labels, on="structure")
@@ -280,13 +292,18 @@ def lr_sensitivity(trials: pl.DataFrame, structs: pl.DataFrame, tolerance: float
                 basin_hi=pl.col(lr).filter(pl.col("val_loss") <= pl.col("best_loss") + tolerance).max(),
                 diverged_lo=pl.col(lr).filter(pl.col("diverged")).min(),
             )
-            .with_columns(role=pl.lit(role), basin_decades=(pl.col("basin_hi") / pl.col("basin_lo")).log10())
+            .with_columns(
+                role=pl.lit(role),
+                roles=pl.lit(", ".join(group)),
+                basin_decades=(pl.col("basin_hi") / pl.col("basin_lo")).log10(),
+            )
         )
     if not rows:
         return pl.DataFrame(
             schema={
                 "label": pl.String,
                 "role": pl.String,
+                "roles": pl.String,
                 "n_trials": pl.UInt32,
                 "basin_lo": pl.Float64,
                 "basin_hi": pl.Float64,
@@ -300,6 +317,7 @@ def lr_sensitivity(trials: pl.DataFrame, structs: pl.DataFrame, tolerance: float
     return frame.sort("rank", _role_rank(frame)).select(
         "label",
         "role",
+        "roles",
         "n_trials",
         "basin_lo",
         "basin_hi",

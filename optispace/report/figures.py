@@ -24,7 +24,7 @@ import matplotlib
 import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
-from matplotlib.ticker import EngFormatter, FuncFormatter, NullLocator
+from matplotlib.ticker import EngFormatter, FuncFormatter, LogLocator, NullFormatter, NullLocator
 
 STYLE: dict[str, Any] = {
     "font.size": 10,
@@ -99,15 +99,17 @@ def pareto_figure(points: pl.DataFrame, front: pl.DataFrame, labels: pl.DataFram
     return save_png(fig, path)
 
 
-def sensitivity_figure(points: pl.DataFrame, roles: list[str], window: float, path: Path) -> Path:
-    """Val loss vs lr, one panel per role, one colour per structure.
+def sensitivity_figure(
+    points: pl.DataFrame, panels: list[tuple[str, str]], window: float, path: Path
+) -> Path:
+    """Val loss vs lr, one panel per (role, title) of ``panels``, one colour per structure.
 
     ``points``: label, rank, val_loss (null when diverged), diverged, and ``lr.<role>`` columns.
     The y axis spans ``window`` above the least loss; a loss above it is drawn as a triangle at the
     top edge, a diverged trial as an x there.
     """
-    ncols = 2 if len(roles) > 1 else 1
-    nrows = math.ceil(len(roles) / ncols)
+    ncols = 2 if len(panels) > 1 else 1
+    nrows = math.ceil(len(panels) / ncols)
     fig, axes = new_figure(nrows, ncols, width=8.0 if ncols == 2 else 6.0, height=3.0 * nrows + 1.2)
     axes = np.atleast_1d(axes).ravel()
     labels = points.select("label", "rank").unique().sort("rank")["label"].to_list()
@@ -116,7 +118,7 @@ def sensitivity_figure(points: pl.DataFrame, roles: list[str], window: float, pa
     high = min(float(finished["val_loss"].max()) if len(finished) else 1.0, low + window)
     pad = 0.05 * max(high - low, 1e-3)
     top = high + pad
-    for ax, role in zip(axes, roles, strict=False):
+    for ax, (role, title) in zip(axes, panels, strict=False):
         lr = f"lr.{role}"
         for k, label in enumerate(labels):
             mine = points.filter(pl.col("label") == label).sort(lr)
@@ -130,12 +132,12 @@ def sensitivity_figure(points: pl.DataFrame, roles: list[str], window: float, pa
                 ax.plot(above[lr], [top] * len(above), "^", color=color, ms=5, mfc="none", clip_on=False)
             if len(bad):
                 ax.plot(bad[lr], [top] * len(bad), "x", color=color, ms=6, clip_on=False)
-        ax.set_xscale("log")
+        _lr_axis(ax, points[lr])
         ax.set_ylim(low - pad, top)
-        ax.set_title(role)
-        ax.set_xlabel(f"lr of {role}")
+        ax.set_title(title)
+        ax.set_xlabel(f"lr of {title}")
         ax.set_ylabel("final val loss (nats/token)")
-    for ax in axes[len(roles) :]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside lower center", ncols=min(len(names), 6), title="structure")
@@ -231,6 +233,16 @@ def _tick_bytes(n: float) -> str:
             return f"{n:.3g} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+def _lr_axis(ax: Any, lrs: pl.Series) -> None:
+    """Log x axis labelled in plain numbers at 1, 2, 5 x 10^k (only 10^k beyond two decades)."""
+    ax.set_xscale("log")
+    finite = lrs.drop_nulls()
+    span = math.log10(finite.max() / finite.min()) if len(finite) and finite.min() > 0 else 0.0
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if span <= 2 else (1.0,)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _loss_window(losses: pl.Series, head: float = 0.0) -> tuple[float, float]:

@@ -75,7 +75,8 @@ def trials_frame(trials: Sequence[FrozenTrial]) -> pl.DataFrame:
     """One row per trial: state, failure, chains, lrs, parameters, objectives, costs, seeds.
 
     ``val_loss`` is ``values[0]`` of a COMPLETE trial that did not diverge; a diverged trial keeps
-    its penalty in ``values`` and has ``diverged`` true and ``val_loss`` null.
+    its penalty in ``values`` and has ``diverged`` true and ``val_loss`` null, and a pruned one
+    keeps the last intermediate value Optuna stores in ``values``.
     """
     trials = sorted(trials, key=lambda t: t.number)
     roles = trial_roles(trials)
@@ -86,11 +87,14 @@ def trials_frame(trials: Sequence[FrozenTrial]) -> pl.DataFrame:
     }
     for name in ("structure", "failure", "failure_step"):
         columns[name] = attr(name, _SCALAR_ATTRS[name])
-    diverged = [t.state == TrialState.COMPLETE and t.user_attrs.get("failure") is not None for t in trials]
+    complete = [t.state == TrialState.COMPLETE for t in trials]
+    diverged = [c and t.user_attrs.get("failure") is not None for c, t in zip(complete, trials, strict=True)]
     columns["diverged"] = pl.Series(diverged, dtype=pl.Boolean)
     values = [list(t.values) if t.values is not None else None for t in trials]
     columns["values"] = pl.Series(values, dtype=pl.List(pl.Float64))
-    loss = [v[0] if v and not d else None for v, d in zip(values, diverged, strict=True)]
+    # A pruned trial has a value too (Optuna stores its last intermediate value): not a final loss.
+    finished = [c and not d for c, d in zip(complete, diverged, strict=True)]
+    loss = [v[0] if v and f else None for v, f in zip(values, finished, strict=True)]
     columns["val_loss"] = pl.Series(loss, dtype=pl.Float64)
     for family in ("chain", "lr"):
         for role in roles:

@@ -128,6 +128,12 @@ def fmt_lr(x: float) -> str:
     return f"{x:.3g}"
 
 
+def fmt_duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
 def fmt_bytes(x: int) -> str:
     return figures.format_bytes(x)
 
@@ -162,6 +168,7 @@ _HEADERS = {
     "last_loss": "last val loss",
     "failure_step": "failure step",
     "label": "structure",
+    "roles": "role(s)",
 }
 _FORMATS: dict[str, Callable] = {
     "best_loss": fmt_loss,
@@ -218,7 +225,7 @@ def _setup(r: Report) -> str:
         f"- Trials: {len(t)} ({_state_counts(states, n_diverged)})",
         f"- Devices: {_distinct(t, 'device')}; corpus fingerprints: {_distinct(t, 'corpus_fingerprint')}",
         f"- Tokens per step: {_distinct(t, 'tokens_per_step')}; "
-        f"training wall time over all trials: {t['wall_time_s'].sum() / 3600:.2f} h",
+        f"training wall time over all trials: {fmt_duration(t['wall_time_s'].sum())}",
     ]
     if r.info.search:
         lines += [
@@ -442,23 +449,25 @@ def _sensitivity_section(r: Report, out: Path, written: list[Path]) -> str:
     sens = r.sensitivity.filter(pl.col("rank") <= TOP_FIGURE)
     if sens.is_empty():
         return ""
-    roles = [role for role in r.roles if role in set(sens["role"])]
+    panels = list(dict.fromkeys(sens.select("role", "roles").iter_rows()))
+    panels.sort(key=lambda panel: r.roles.index(panel[0]))
     top = r.structures.head(TOP_FIGURE).select("structure", "label", "rank")
     points = r.trials.join(top, on="structure").select(
-        "label", "rank", "val_loss", "diverged", *[f"lr.{role}" for role in roles]
+        "label", "rank", "val_loss", "diverged", *[f"lr.{role}" for role, _ in panels]
     )
     window = SENSITIVITY_WINDOW * r.tolerance
-    written.append(figures.sensitivity_figure(points, roles, window, out / "sensitivity.png"))
+    written.append(figures.sensitivity_figure(points, panels, window, out / "sensitivity.png"))
     return (
         "## Learning-rate sensitivity\n\n"
-        f"Val loss against each role's lr for the top {TOP_FIGURE} structures. The basin is the lr "
+        f"Val loss against each role's lr for the top {TOP_FIGURE} structures (roles that always share "
+        "an lr, such as tied ones, share a panel). The basin is the lr "
         f"range whose trials stay within {r.tolerance:g} of the structure's best; its width in "
         "decades is a lower bound (only sampled lrs count), and a wide basin means the structure is "
         "easy to tune.\n\n"
         f"The y axis spans {SENSITIVITY_WINDOW} tolerances above the least loss.\n\n"
         "![Val loss vs lr per role for the top structures](sensitivity.png)\n\n"
         + _table(
-            sens.select("label", "role", "n_trials", "basin_lo", "basin_hi", "basin_decades", "diverged_lo")
+            sens.select("label", "roles", "n_trials", "basin_lo", "basin_hi", "basin_decades", "diverged_lo")
         )
     )
 
