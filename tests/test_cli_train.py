@@ -28,6 +28,7 @@ def test_checkpoint_then_resume(tmp_path, capsys):
 
 @pytest.mark.parametrize("extra, message", [
     (["--proxy", "huge"], "proxy"),
+    (["--recipe", "nonesuch"], "unknown recipe"),
     (["--data", "/no/such/corpus"], "does not exist"),
     (["--tokens", "0"], "tokens"),
     (["--steps", "0"], "steps"),

@@ -164,3 +164,14 @@ BAD = [("proxy", "huge"), ("tokens", 0), ("lr", -1.0), ("schedule", "step"), ("w
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(UserError, match=f"TrainConfig.{field}"):
         dataclasses.replace(tiny(), **{field: value})
+
+
+def test_recipe_lrs_and_state_bytes_come_from_the_optimizer():
+    record = train(tiny(recipe="ember", lr=None, role_lr={"embed": 1e-2}, tokens=2 * TINY.tokens_per_step),
+                   progress=False)
+    v, d = TINY.model.vocab_size, TINY.model.dim
+    assert set(record.state_bytes) == {"embed", "head", "matrix", "vector"}
+    assert record.state_bytes["embed"] < 4 * (v + d + 8)  # Ember's O(V + D) fp32 state on the table
+    assert record.state_bytes["matrix"] > 2 * 4 * d * d  # AdamW's two moments on the body
+    with pytest.raises(UserError, match="unknown recipe"):
+        train(tiny(recipe="nonesuch"), progress=False)

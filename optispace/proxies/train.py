@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from optispace.errors import UserError
+from optispace.optimizer import Optimizer
 from optispace.proxies.data import TokenData, check_fits, load_data, train_batch, val_batches
 from optispace.proxies.model import GPT
 from optispace.proxies.tiers import TIERS
@@ -128,16 +129,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Interim stand-in for optispace.Optimizer: torch AdamW with the recipe's lr."""
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr or 1e-3, **cfg.hyperparameters)
-
-
-def state_bytes(optimizer: torch.optim.Optimizer) -> dict[str, int]:
-    """Interim: bytes of all optimizer state tensors, under one key."""
-    total = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
-                if torch.is_tensor(t))
-    return {"all": total}
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> Optimizer:
+    """``optispace.Optimizer`` for the config's recipe, lrs and hyperparameters; its ``ValueError``
+    (an unknown recipe, role or hyperparameter, a bad value) is the user's mistake."""
+    try:
+        return Optimizer(model, cfg.recipe, lr=cfg.lr, role_lr=cfg.role_lr, **cfg.hyperparameters)
+    except ValueError as e:
+        raise UserError(f"recipe: {e}") from None
 
 
 def train(cfg: TrainConfig, on_eval: Callable[[int, int, float], None] | None = None,
@@ -167,7 +165,7 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, int, float], None] | None = 
     run = _Run(cfg, model, optimizer, base_lrs, data, device, steps, callbacks, record)
     _notify_start(callbacks, model, optimizer, data)
     run.loop(start, elapsed_before, on_eval, progress, None if checkpoint is None else Path(checkpoint))
-    record.state_bytes = state_bytes(optimizer)
+    record.state_bytes = optimizer.state_bytes()
     for cb in callbacks:
         summary = cb.on_end(record) if hasattr(cb, "on_end") else None
         if summary is not None:
@@ -178,7 +176,7 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, int, float], None] | None = 
 class _Run:
     """The state of one training run between steps."""
 
-    def __init__(self, cfg: TrainConfig, model: GPT, optimizer: torch.optim.Optimizer, base_lrs: list[float],
+    def __init__(self, cfg: TrainConfig, model: GPT, optimizer: Optimizer, base_lrs: list[float],
                  data: TokenData, device: torch.device, steps: int, callbacks: list, record: RunRecord):
         tier = TIERS[cfg.proxy]
         self.cfg, self.model, self.optimizer, self.base_lrs = cfg, model, optimizer, base_lrs
@@ -285,7 +283,7 @@ class _Run:
         tmp.replace(path)
 
 
-def _load_checkpoint(path: Path, model: GPT, optimizer: torch.optim.Optimizer,
+def _load_checkpoint(path: Path, model: GPT, optimizer: Optimizer,
                      record: RunRecord) -> tuple[int, float]:
     """Restore a checkpoint into ``model``/``optimizer``/``record``; returns (step, elapsed seconds)."""
     if not path.is_file():
@@ -318,7 +316,7 @@ def _probe_callbacks(names: tuple[str, ...]) -> list:
         raise UserError(f"probes: {e}") from None
 
 
-def _notify_start(callbacks: list, model: GPT, optimizer: torch.optim.Optimizer, data: TokenData) -> None:
+def _notify_start(callbacks: list, model: GPT, optimizer: Optimizer, data: TokenData) -> None:
     starters = [cb for cb in callbacks if hasattr(cb, "on_start")]
     if not starters:
         return

@@ -1,0 +1,98 @@
+"""Cost of the training framework: tokens/s of ``train()`` against a bare loop over the same model,
+optimizer and batches, measured in the same process.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_train.py [--proxy small] [--steps 40] [--repeats 3]
+
+The bare loop is what any training script must do per step: draw the batch, forward, backward, clip the
+gradient norm, step, zero the gradients. ``train()`` adds the lr schedule, the divergence check (one
+``loss.item()``), hooks, the progress bar and one evaluation at the end (``eval_batches=1`` here).
+Runs alternate (bare, train, train, bare, ...) so load from other processes hits both alike; medians
+are reported. Two ratios, train / bare (1.00 = free; target >= 0.95):
+
+- ``steps``: the tokens/s that ``train()`` records (the training steps alone);
+- ``loop``: steps x tokens per step over the record's wall time, so the bookkeeping between steps and
+  the final evaluation count too.
+
+On a CUDA device, ``--peak-tflops`` (the chip's dense bf16 peak) adds the model FLOP utilisation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+from optispace.optimizer import Optimizer
+from optispace.proxies import TIERS, TrainConfig, train
+from optispace.proxies.data import load_data, train_batch
+from optispace.proxies.model import GPT
+from optispace.proxies.train import resolve_device
+
+
+def bare_loop(cfg: TrainConfig, steps: int) -> float:
+    """tokens/s of the minimal loop (bf16 autocast on CUDA, as ``train`` does)."""
+    tier = TIERS[cfg.proxy]
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model = GPT(tier.model).to(device)
+    optimizer = Optimizer(model, cfg.recipe, lr=cfg.lr)
+    forward = torch.compile(model) if cfg.compile else model
+    data = load_data(cfg.data, tier.model.vocab_size, cfg.cache_dir)
+    started = time.perf_counter()
+    for step in range(1, steps + 1):
+        x, y = (t.to(device) for t in train_batch(data, cfg.seed, step, tier.batch_size, tier.model.seq_len))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = forward(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * tier.tokens_per_step / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--proxy", default="small")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--recipe", default="adamw")
+    parser.add_argument("--data", default=None, help="data spec (default: the stdlib corpus)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak of the GPU, for MFU")
+    args = parser.parse_args()
+    tier = TIERS[args.proxy]
+    cfg = TrainConfig(recipe=args.recipe, proxy=args.proxy, tokens=args.steps * tier.tokens_per_step,
+                      data=args.data, device=args.device, compile=args.compile, eval_every=10**9,
+                      eval_batches=1)
+    train(TrainConfig(**{**cfg.__dict__, "tokens": 2 * tier.tokens_per_step}), progress=False)  # warm-up
+    bare, steps_rate, loop_rate = [], [], []
+    for repeat in range(args.repeats):
+        if repeat % 2 == 0:  # alternate which goes first, so a drift in load favours neither
+            bare.append(bare_loop(cfg, args.steps))
+        record = train(cfg, progress=False)
+        steps_rate.append(record.tokens_per_s)
+        loop_rate.append(args.steps * tier.tokens_per_step / record.wall_time_s)
+        if repeat % 2 == 1:
+            bare.append(bare_loop(cfg, args.steps))
+    anchor = statistics.median(bare)
+    print(f"{args.proxy} tier, {args.recipe}, {args.steps} steps of {tier.tokens_per_step:,} tokens, "
+          f"device {record.device}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} "
+          f"(torch threads {torch.get_num_threads()}), median of {args.repeats}")
+    print(f"anchor (bare loop): {anchor:,.0f} tokens/s")
+    print(f"train() steps: {statistics.median(steps_rate):,.0f} tokens/s, ratio "
+          f"{statistics.median(steps_rate) / anchor:.3f}")
+    print(f"train() loop:  {statistics.median(loop_rate):,.0f} tokens/s, ratio "
+          f"{statistics.median(loop_rate) / anchor:.3f}")
+    if args.peak_tflops and record.device.startswith("cuda"):
+        mfu = statistics.median(steps_rate) * tier.model.flops_per_token() / (args.peak_tflops * 1e12)
+        print(f"model FLOP utilisation: {mfu:.1%} of {args.peak_tflops} TFLOP/s")
+
+
+if __name__ == "__main__":
+    main()
