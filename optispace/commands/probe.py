@@ -1,7 +1,7 @@
 """``optispace probe``: train recipes x seeds with the token-geometry probes on, and write the report.
 
-``--rebuild`` rewrites the report from the ``runs.json`` an earlier run left in ``--out``, training
-nothing.
+Each finished run is saved to ``OUT/runs.json`` at once; ``--rebuild`` rewrites the report from that
+file, training nothing (also after an interrupted comparison: the report then shows the runs done).
 """
 
 from __future__ import annotations
@@ -73,7 +73,18 @@ def run(args: argparse.Namespace) -> int:
         header, runs = report.read_runs(args.out)
     else:
         recipes, probes = _check(args)
-        started = time.perf_counter()
+        started, done = time.perf_counter(), []
+        partial = f"# Unfinished: {len(recipes) * args.seeds} runs asked for by `{_command(args)}`\n"
+
+        def on_run(r: dict) -> None:
+            done.append(r)
+            report.save_runs(args.out, partial, done)  # kept if a later run fails: see --rebuild
+            print(
+                f"{r['recipe']} seed {r['seed']}: val loss {r['final_val_loss']}, "
+                f"{r['tokens_per_s']:,.0f} tokens/s",
+                file=sys.stderr,
+            )
+
         runs = compare.run_comparison(
             recipes,
             args.proxy,
@@ -83,11 +94,7 @@ def run(args: argparse.Namespace) -> int:
             data=args.data,
             device=args.device,
             progress=True,
-            on_run=lambda r: print(
-                f"{r['recipe']} seed {r['seed']}: val loss {r['final_val_loss']}, "
-                f"{r['tokens_per_s']:,.0f} tokens/s",
-                file=sys.stderr,
-            ),
+            on_run=on_run,
         )
         minutes = (time.perf_counter() - started) / 60
         header = (

@@ -100,9 +100,7 @@ def autocorrelation_figure(summary: pl.DataFrame, path: Path) -> Path:
 
 def write_report(runs: Sequence[dict], out: Path, header: str) -> Path:
     """Write the report of ``runs`` into ``out`` (created if missing); ``header``: Markdown put first."""
-    out.mkdir(parents=True, exist_ok=True)
-    stored = {"header": header, "runs": list(runs)}
-    (out / RUNS_FILE).write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
+    save_runs(out, header, runs)
     frames = {
         "runs": compare.runs_frame(runs),
         "ray": compare.ray_frame(runs),
@@ -127,6 +125,13 @@ def write_report(runs: Sequence[dict], out: Path, header: str) -> Path:
     path = out / "README.md"
     path.write_text("\n".join(sections))
     return path
+
+
+def save_runs(out: Path, header: str, runs: Sequence[dict]) -> None:
+    """Store the header and the runs in ``out/runs.json`` (``out`` created if missing)."""
+    out.mkdir(parents=True, exist_ok=True)
+    stored = {"header": header, "runs": list(runs)}
+    (out / RUNS_FILE).write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
 
 
 def read_runs(out: Path) -> tuple[str, list[dict]]:
