@@ -73,3 +73,18 @@ def test_empty_study_and_ambiguous_storage(tmp_path, capsys):
     optuna.create_study(storage=storage, study_name="second")
     assert main(["report", "--storage", path]) == 2
     assert "holds 2 studies (empty, second); choose one with --study" in error_line(capsys)
+
+
+@pytest.mark.slow
+def test_reruns_in_fresh_processes_give_the_same_bytes(journal, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    for hash_seed in ("1", "2"):
+        out = tmp_path / hash_seed
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        argv = [sys.executable, "-m", "optispace.cli", "report", "--storage", str(journal), "--out", str(out)]
+        subprocess.run(argv, check=True, env=env, capture_output=True)
+    for name in ("report.md", "trials.parquet", "curves.parquet"):
+        assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes(), name

@@ -180,3 +180,28 @@ def test_roles_that_share_an_lr_share_a_sensitivity_row():
     assert analyses.lr_groups(trials) == {"embed": ["embed", "head"], "matrix": ["matrix"]}
     sens = analyses.lr_sensitivity(trials, analyses.structures(trials), 0.02)
     assert sens.select("role", "roles").rows() == [("embed", "embed, head"), ("matrix", "matrix")]
+
+
+losses = st.lists(st.floats(3.0, 4.0), min_size=3, max_size=3)
+
+
+@given(st.lists(losses, min_size=1, max_size=6), st.floats(0.0, 0.5), st.floats(0.0, 0.5))
+def test_sufficiency_is_the_paired_difference_within_the_tolerance(per_structure, tol_a, tol_b):
+    made = [
+        known_trial("adam", 3e-3)
+        for _ in per_structure  # a template trial per structure, renamed and given its losses below
+    ]
+    for i, (trial, seed_losses) in enumerate(zip(made, per_structure, strict=True)):
+        trial.user_attrs.update(structure=f"s{i}", seed_losses=seed_losses)
+        trial.values = [sum(seed_losses) / 3, trial.values[1]]
+    structs = analyses.structures(frames.trials_frame(made))
+    low, high = sorted((tol_a, tol_b))
+    strict, loose = analyses.sufficiency(structs, low), analyses.sufficiency(structs, high)
+    assert strict["sufficient"][0]  # the best structure always suffices
+    assert set(strict.filter("sufficient")["structure"]) <= set(loose.filter("sufficient")["structure"])
+    best = per_structure[int(strict["structure"][0][1:])]
+    for row in strict.iter_rows(named=True):
+        mine = per_structure[int(row["structure"][1:])]
+        paired = sum(a - b for a, b in zip(mine, best, strict=True)) / 3
+        assert row["difference"] == pytest.approx(paired, abs=1e-12)
+        assert row["sufficient"] == (row["difference"] <= low)

@@ -24,7 +24,14 @@ import matplotlib
 import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
-from matplotlib.ticker import EngFormatter, FuncFormatter, LogLocator, NullFormatter, NullLocator
+from matplotlib.ticker import (
+    EngFormatter,
+    FuncFormatter,
+    LogLocator,
+    MultipleLocator,
+    NullFormatter,
+    NullLocator,
+)
 
 STYLE: dict[str, Any] = {
     "font.size": 10,
@@ -221,6 +228,10 @@ def _bytes_axis(ax: Any, values: pl.Series) -> None:
         ax.set_xticks(ticks, [_tick_bytes(t) for t in ticks])
         ax.xaxis.set_minor_locator(NullLocator())
     else:
+        # Ticks at multiples of a power of two, so that labels come out round (16 KiB, 32 KiB).
+        spread = float(values.max() - values.min()) if len(values) else 0.0
+        step = 2.0 ** math.floor(math.log2(spread / 4)) if spread >= 4 else 1.0
+        ax.xaxis.set_major_locator(MultipleLocator(step))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _tick_bytes(v)))
 
 
