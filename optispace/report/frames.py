@@ -27,9 +27,7 @@ import polars as pl
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-# The canonical role order of docs/DESIGN.md (optispace.roles.ROLES); roles a study names beyond
-# these sort after them alphabetically.
-ROLE_ORDER: tuple[str, ...] = ("embed", "head", "matrix", "vector")
+from optispace.roles import ROLES
 
 PARAM_PREFIX = "param."
 
@@ -56,8 +54,8 @@ _SCALAR_ATTRS: dict[str, pl.DataType] = {
 
 
 def role_sort_key(role: str) -> tuple[int, str]:
-    """Sort key putting the DESIGN.md roles first, in their order, then any other role by name."""
-    return (ROLE_ORDER.index(role), "") if role in ROLE_ORDER else (len(ROLE_ORDER), role)
+    """Sort key putting ``optispace.roles.ROLES`` first, in their order, then any other role by name."""
+    return (ROLES.index(role), "") if role in ROLES else (len(ROLES), role)
 
 
 def trial_roles(trials: Iterable[FrozenTrial]) -> list[str]:
