@@ -65,11 +65,11 @@ def save_png(fig: Figure, path: Path) -> Path:
     return path
 
 
-def format_bytes(n: float) -> str:
-    """``n`` bytes in binary units: ``0 B``, ``512 B``, ``12.0 KiB``, ``1.5 MiB``."""
+def format_bytes(n: float, spec: str = ".1f") -> str:
+    """``n`` bytes in binary units, digits per ``spec``: ``0 B``, ``512 B``, ``12.0 KiB``, ``1.5 MiB``."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:{spec}} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
 
@@ -237,13 +237,7 @@ def _bytes_axis(ax: Any, values: pl.Series) -> None:
 
 def _tick_bytes(n: float) -> str:
     """A tick label in binary units without needless decimals: ``0``, ``4 KiB``, ``1.5 MiB``."""
-    if n == 0:
-        return "0"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.3g} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
+    return "0" if n == 0 else format_bytes(n, ".3g")
 
 
 def _lr_axis(ax: Any, lrs: pl.Series) -> None:
@@ -257,8 +251,8 @@ def _lr_axis(ax: Any, lrs: pl.Series) -> None:
 
 
 def _loss_window(losses: pl.Series, head: float = 0.0) -> tuple[float, float]:
-    """y limits that show the interesting range: from the least loss to 3x its distance to the
-    median (early evaluations and bad lrs would otherwise flatten everything near the best)."""
+    """y limits from the least loss to the median plus twice its distance from the least, plus
+    ``head`` (early evaluations would otherwise flatten everything near the best)."""
     if losses.is_empty():
         return 0.0, 1.0
     low, median, high = float(losses.min()), float(losses.median()), float(losses.max())

@@ -269,8 +269,8 @@ def _answer(r: Report) -> str:
     suff = s.filter(pl.col("sufficient"))
     border = suff.filter(pl.col("borderline"))["label"].to_list()
     sentences = [
-        f"{len(s)} structures finished. The best, S1, reaches a val loss of {fmt_loss(best['best_loss'])}"
-        f"{_spread(best)}.",
+        f"{len(s)} structures finished. The best, S1 ({code(best['structure'])}), reaches a val loss of "
+        f"{fmt_loss(best['best_loss'])}{_spread(best)}.",
         f"{len(suff)} of {len(s)} suffice: they come within {r.tolerance:g} of it{_paired_note(s)}.",
     ]
     if border:
@@ -371,7 +371,8 @@ def _structures_section(r: Report) -> str:
     return (
         "## Structures\n\n"
         "The best val loss of each structure over its tuned hyperparameters (mean over seeds), its "
-        "difference to S1 (paired over shared seeds) with its standard error, and its trials.\n\n"
+        "difference to S1 (paired over shared seeds) with its standard error, and its trials. The "
+        "best of many trials is biased low, so weigh a structure's loss with its number of trials.\n\n"
         + _table(table)
         + more
     )
