@@ -21,12 +21,12 @@ def study():
 
 @pytest.fixture(scope="module")
 def trials(study):
-    return frames.trials_frame(study.get_trials(deepcopy=False))
+    return frames.trials_frame(study.trials)
 
 
 @pytest.fixture(scope="module")
 def params(study):
-    return frames.params_frame(study.get_trials(deepcopy=False))
+    return frames.params_frame(study.trials)
 
 
 @pytest.fixture(scope="module")
