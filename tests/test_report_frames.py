@@ -135,3 +135,10 @@ def test_a_pruned_trial_value_is_not_a_final_loss():
     pruned = optuna.trial.create_trial(state=TrialState.PRUNED, value=4.0, intermediate_values={16: 4.0})
     frame = frames.trials_frame([pruned])
     assert frame["values"].to_list() == [[4.0]] and frame["val_loss"].to_list() == [None]
+
+
+def test_a_pareto_trial_curve_comes_from_its_curve_attribute():
+    trial = known_trial("adam", 3e-3, curve={})
+    trial.user_attrs["curve"] = [[16, 5.0], [32, 4.5]]
+    curves = frames.curves_frame([trial])
+    assert curves.select("step", "tokens", "val_loss").rows() == [(16, 16 * 1024, 5.0), (32, 32 * 1024, 4.5)]

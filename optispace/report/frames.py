@@ -7,7 +7,7 @@ Column types come from a schema built over all trials, never from the first one,
 parameter or attribute that first appears late is kept.
 
 - ``trials_frame``: one row per trial, sorted by trial number.
-- ``curves_frame``: one row per intermediate value (trial, step, tokens, val loss).
+- ``curves_frame``: one row per evaluation (trial, step, tokens, val loss).
 - ``params_frame``: one row per sampled parameter: its role, family and distribution.
 
 Categorical parameters are stored as their choice labels (``choice_label``), numeric ones as
@@ -110,14 +110,17 @@ def trials_frame(trials: Sequence[FrozenTrial]) -> pl.DataFrame:
 
 
 def curves_frame(trials: Sequence[FrozenTrial]) -> pl.DataFrame:
-    """One row per reported intermediate value: trial number, step, tokens, val loss.
+    """One row per evaluation: trial number, step, tokens, val loss.
 
+    The evaluations are the trial's intermediate values, or, for a multi-objective study (where
+    Optuna refuses ``trial.report``), the ``curve`` attribute ``[[step, val_loss], ...]``.
     ``tokens`` is ``step * tokens_per_step`` when the trial recorded ``tokens_per_step``.
     """
     number, step, tokens, loss = [], [], [], []
     for t in trials:
         per_step = t.user_attrs.get("tokens_per_step")
-        for s, v in t.intermediate_values.items():
+        points = t.intermediate_values.items() or [tuple(p) for p in t.user_attrs.get("curve") or ()]
+        for s, v in points:
             number.append(t.number)
             step.append(s)
             tokens.append(s * int(per_step) if per_step is not None else None)
@@ -125,6 +128,7 @@ def curves_frame(trials: Sequence[FrozenTrial]) -> pl.DataFrame:
     frame = pl.DataFrame(
         {"number": number, "step": step, "tokens": tokens, "val_loss": loss},
         schema={"number": pl.Int64, "step": pl.Int64, "tokens": pl.Int64, "val_loss": pl.Float64},
+        strict=False,
     )
     return frame.sort("number", "step")
 
