@@ -102,7 +102,7 @@ def pareto_figure(points: pl.DataFrame, front: pl.DataFrame, labels: pl.DataFram
     ax.set_xlabel("optimizer state (bytes, binary units)")
     ax.set_ylabel("final val loss (nats/token)")
     ax.set_title("Val loss vs optimizer state")
-    ax.legend(loc="upper right")
+    ax.legend(loc="best")
     return save_png(fig, path)
 
 
@@ -171,7 +171,7 @@ def curves_figure(curves: pl.DataFrame, path: Path) -> Path:
     ax.set_xlabel("tokens seen" if use_tokens else "step")
     ax.set_ylabel("val loss (nats/token)")
     ax.set_title("Val loss of the best trial of each top structure")
-    ax.legend(loc="upper right")
+    fig.legend(loc="outside right upper", title="structure")
     return save_png(fig, path)
 
 
@@ -180,9 +180,11 @@ def map_figure(shares: pl.DataFrame, path: Path) -> Path:
 
     ``shares``: role, family, choice, share; a role that does not offer a choice is left blank.
     """
-    columns = list(
-        dict.fromkeys(f"{f}: {c}" for f, c in zip(shares["family"], shares["choice"], strict=True))
-    )
+    # Columns grouped by family (in order of first appearance), choices in order within a family.
+    pairs = list(dict.fromkeys(zip(shares["family"], shares["choice"], strict=True)))
+    families = list(dict.fromkeys(f for f, _ in pairs))
+    pairs.sort(key=lambda pair: families.index(pair[0]))
+    columns = [f"{f}: {c}" for f, c in pairs]
     roles = list(dict.fromkeys(shares["role"].to_list()))
     grid = np.full((len(roles), len(columns)), np.nan)
     for row in shares.iter_rows(named=True):
@@ -203,6 +205,9 @@ def map_figure(shares: pl.DataFrame, path: Path) -> Path:
             fontsize=8,
             color="white" if value < 0.6 else "black",
         )
+    for j in range(1, len(pairs)):
+        if pairs[j][0] != pairs[j - 1][0]:
+            ax.axvline(j - 0.5, color="white", linewidth=3)
     ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right", rotation_mode="anchor")
     ax.set_yticks(range(len(roles)), roles)
     ax.set_xlabel("primitive family: choice")

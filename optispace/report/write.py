@@ -484,7 +484,9 @@ def _curves_section(r: Report, out: Path, written: list[Path]) -> str:
     )
     return (
         "## Loss curves\n\n"
-        "The val loss reported during training by the best trial of each top structure.\n\n"
+        "The val loss the best trial of each top structure reported during training. The search "
+        "reports one seed's evaluations, so the last point can differ from the best loss, a mean "
+        "over seeds.\n\n"
         "![Val loss vs tokens of the best trial of each top structure](curves.png)\n\n" + _table(summary)
     )
 
