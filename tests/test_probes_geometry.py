@@ -61,15 +61,13 @@ def test_nonzero_rows_and_row_spread():
     assert row_spread(torch.zeros(3, 3)) is None
 
 
-class _FakeOptimizer:
-    def __init__(self, groups):
-        self.param_groups = groups
-
-
 def test_probe_records_each_sampled_step_per_role():
     table = torch.nn.Parameter(torch.zeros(6, 3))
     bias = torch.nn.Parameter(torch.zeros(3))
-    opt = _FakeOptimizer([{"role": "embed", "params": [table]}, {"role": "vector", "params": [bias]}])
+    # a real optimizer whose param groups carry a role, as optispace.Optimizer's do
+    opt = torch.optim.SGD(
+        [{"role": "embed", "params": [table]}, {"role": "vector", "params": [bias]}], lr=0.0
+    )
     probe = GeometryProbe(every=2, beta2=0.9)
     probe.on_start(None, opt, None, None)
     constant = torch.arange(18.0).view(6, 3)

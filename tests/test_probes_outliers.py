@@ -45,15 +45,11 @@ def test_phase_summary_splits_early_and_late():
     }
 
 
-class _FakeOptimizer:
-    def __init__(self, groups):
-        self.param_groups = groups
-
-
 def test_probe_finds_the_rare_row_that_takes_an_oversized_step():
     vocab, every = 16, 2
     table = torch.nn.Parameter(torch.zeros(vocab, 4))
-    opt = _FakeOptimizer([{"role": "embed", "params": [table]}])
+    # a real optimizer whose param groups carry a role, as optispace.Optimizer's do
+    opt = torch.optim.SGD([{"role": "embed", "params": [table]}], lr=0.0)
     probe = OutlierProbe(every=every)
     probe.on_start(None, opt, None, None)
     for step in range(1, 7):

@@ -149,15 +149,11 @@ def test_token_frequencies_count_the_training_stream():
     assert token_frequencies(object(), 5) is None
 
 
-class _FakeOptimizer:
-    def __init__(self, groups):
-        self.param_groups = groups
-
-
 def test_probe_on_straight_and_random_rows_reports_buckets_with_their_null():
     vocab, dim = 40, 8
     embed, head = torch.zeros(vocab, dim), torch.zeros(vocab, dim)
-    opt = _FakeOptimizer([{"role": "embed", "params": [embed]}, {"role": "head", "params": [head]}])
+    # a real optimizer whose param groups carry a role, as optispace.Optimizer's do
+    opt = torch.optim.SGD([{"role": "embed", "params": [embed]}, {"role": "head", "params": [head]}], lr=0.0)
     probe = RayProbe(points=4, max_rows=30)
     probe.on_start(None, opt, None, _Data(range(10)))  # the stream holds tokens 0..9 only
     direction, g = torch.randn(vocab, dim, generator=_gen(3)), _gen(4)

@@ -8,16 +8,12 @@ from optispace.probes.report import read_runs, write_report
 VOCAB, DIM = 24, 4
 
 
-class _FakeOptimizer:
-    def __init__(self, groups):
-        self.param_groups = groups
-
-
 def _simulated_run(recipe: str, seed: int) -> dict:
     """Rows of the batch's tokens get random gradients; 'line' moves them along fixed directions."""
     g = torch.Generator().manual_seed(seed)
     params = {"embed": torch.zeros(VOCAB, DIM), "head": torch.zeros(VOCAB, DIM), "vector": torch.zeros(DIM)}
-    opt = _FakeOptimizer([{"role": role, "params": [p]} for role, p in params.items()])
+    # a real optimizer whose param groups carry a role, as optispace.Optimizer's do
+    opt = torch.optim.SGD([{"role": role, "params": [p]} for role, p in params.items()], lr=0.0)
     directions = torch.randn(VOCAB, DIM, generator=g)
     probes = build(["ray", "geometry", "outliers"])
     for probe in probes:
