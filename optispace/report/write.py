@@ -269,7 +269,8 @@ def _answer(r: Report) -> str:
     suff = s.filter(pl.col("sufficient"))
     border = suff.filter(pl.col("borderline"))["label"].to_list()
     sentences = [
-        f"{len(s)} structures finished. The best, S1 ({code(best['structure'])}), reaches a val loss of "
+        f"{len(s)} structure{'s' if len(s) != 1 else ''} finished. "
+        f"The best, S1 ({code(best['structure'])}), reaches a val loss of "
         f"{fmt_loss(best['best_loss'])}{_spread(best)}.",
         f"{len(suff)} of {len(s)} suffice: they come within {r.tolerance:g} of it{_paired_note(s)}.",
     ]
