@@ -175,3 +175,11 @@ def test_recipe_lrs_and_state_bytes_come_from_the_optimizer():
     assert record.state_bytes["matrix"] > 2 * 4 * d * d  # AdamW's two moments on the body
     with pytest.raises(UserError, match="unknown recipe"):
         train(tiny(recipe="nonesuch"), progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("compile_model", [False, True])
+def test_cuda_run_with_bf16_autocast(compile_model):
+    record = train(tiny(device="cuda", compile=compile_model), progress=False)
+    assert record.device.startswith("cuda") and record.diverged is None
+    assert record.final_val_loss < math.log(TINY.model.vocab_size) - 0.5

@@ -19,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, help="learning rate for every role (default: the recipe's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the batches")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (worth it on a GPU)")
     parser.add_argument("--data", help="stdlib (default), stdlib:no-tests, zipf[:s=,v=,n=], a text file or "
                         "folder, a .bin shard or a folder of shards")
     parser.add_argument("--probes", default="", help="comma-separated probes, e.g. ray,geometry,outliers")
@@ -32,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     probes = tuple(name for name in args.probes.split(",") if name)
     cfg = TrainConfig(recipe=args.recipe, proxy=args.proxy, tokens=args.tokens, lr=args.lr, seed=args.seed,
-                      device=args.device, data=args.data, probes=probes)
+                      device=args.device, data=args.data, probes=probes, compile=args.compile)
     if args.steps is not None:
         if args.steps <= 0:
             raise UserError(f"--steps: {args.steps} is not a positive number of steps")

@@ -85,7 +85,9 @@ class TrainConfig:
 @dataclass
 class RunRecord:
     """The result of one run. ``curve`` points: step, tokens, train_loss, val_loss, elapsed_s.
-    ``diverged`` is None, "non-finite loss" or "loss above bound"; then ``final_val_loss`` is None."""
+    ``diverged`` is None, "non-finite loss" or "loss above bound"; then ``final_val_loss`` is None.
+    ``tokens_per_s`` counts the training steps of this call only (evaluations excluded);
+    ``wall_time_s`` the whole loop, evaluations included, plus the time before a resume."""
 
     config: dict
     corpus: dict
