@@ -22,7 +22,7 @@ from torch import nn
 from optispace.chain import Chain, parse_chain
 from optispace.recipes import Recipe, check_lr, get_recipe
 from optispace.roles import ROLES, Override, assign_roles, check_role
-from primitives import Context
+from primitives import Context, Workspace
 
 RecipeSpec = str | Recipe | Mapping[str, str | Chain]
 
@@ -111,6 +111,7 @@ class Optimizer(torch.optim.Optimizer):
         if not groups:
             raise ValueError("optimizer: no trainable parameters (none requires a gradient)")
         super().__init__(groups, {})
+        self._workspace = Workspace()
         for group in self.param_groups:
             chain = parse_chain(group["chain"])
             for p in group["params"]:
@@ -143,13 +144,17 @@ class Optimizer(torch.optim.Optimizer):
             raise ValueError("optispace.Optimizer does not take sparse gradients (nn.Embedding(sparse=True))")
         state = self.state[p]
         state["step"] += 1
-        grad = p.grad.float()
-        work = p.float() if p.dtype in (torch.bfloat16, torch.float16) else p
-        ctx = Context(grad=grad, param=work, step=state["step"], lr=lr)
+        grad, work = p.grad, p
+        if grad.dtype != torch.float32:
+            grad = self._workspace.take(tuple(p.shape), p.device).copy_(grad)
+        if p.dtype in (torch.bfloat16, torch.float16):
+            work = self._workspace.take(tuple(p.shape), p.device).copy_(p)
+        ctx = Context(grad=grad, param=work, step=state["step"], lr=lr, workspace=self._workspace)
         u = chain.apply(grad, state, ctx)
         work.add_(u, alpha=-ctx.step_size)
         if work is not p:
             p.copy_(work)
+        self._workspace.release()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's, for a checkpoint of the same chains; state keeps its declared dtype (fp32).

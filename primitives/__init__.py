@@ -3,7 +3,16 @@
 Importing this package registers every primitive in :data:`REGISTRY` under its chain-text name.
 """
 
-from primitives.base import REGISTRY, Context, Primitive, StateSpec, check_arg, matrix_shape, register
+from primitives.base import (
+    REGISTRY,
+    Context,
+    Primitive,
+    StateSpec,
+    Workspace,
+    check_arg,
+    matrix_shape,
+    register,
+)
 from primitives.decay import L2, WeightDecay
 from primitives.momentum import Momentum
 from primitives.normalize import ClipRMS, Normalize
@@ -14,6 +23,6 @@ from primitives.sign import Sign
 
 __all__ = [
     "L2", "REGISTRY", "ClipRMS", "Context", "Momentum", "Normalize", "Orthogonalize", "Primitive",
-    "RelativeStep", "SecondMoment", "ShapeScale", "Sign", "StateSpec", "WeightDecay", "check_arg",
-    "matrix_shape", "register",
+    "RelativeStep", "SecondMoment", "ShapeScale", "Sign", "StateSpec", "WeightDecay", "Workspace",
+    "check_arg", "matrix_shape", "register",
 ]

@@ -58,7 +58,10 @@ class L2(Primitive):
     def apply(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: Context) -> torch.Tensor:
         if self.rate == 0.0:
             return u
-        grad = ctx.grad.add(ctx.param, alpha=self.rate)
-        out = grad if u is ctx.grad else u.add(ctx.param, alpha=self.rate)
+        grad = torch.add(ctx.grad, ctx.param, alpha=self.rate, out=ctx.buffer(u.shape, u.device))
+        if u is not ctx.grad:
+            u = torch.add(u, ctx.param, alpha=self.rate, out=ctx.buffer(u.shape, u.device))
+        else:
+            u = grad
         ctx.grad = grad
-        return out
+        return u

@@ -83,7 +83,7 @@ class Momentum(Primitive):
     def apply(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: Context) -> torch.Tensor:
         m = state["m"]
         if self.kind == "lion":
-            out = torch.mul(m, self.beta).add_(u, alpha=1.0 - self.beta)
+            out = torch.mul(m, self.beta, out=ctx.buffer(u.shape, u.device)).add_(u, alpha=1.0 - self.beta)
             m.mul_(self.beta2).add_(u, alpha=1.0 - self.beta2)
             return out
         if self.kind == "heavy_ball":
@@ -91,10 +91,12 @@ class Momentum(Primitive):
                 m.copy_(u)
             else:
                 m.mul_(self.beta).add_(u, alpha=1.0 - self.dampening)
-            return torch.add(u, m, alpha=self.beta) if self.nesterov else m
+            if self.nesterov:
+                return torch.add(u, m, alpha=self.beta, out=ctx.buffer(u.shape, u.device))
+            return m
         m.lerp_(u, 1.0 - self.beta)
         if self.nesterov:
-            return u.lerp(m, self.beta)
+            return torch.lerp(u, m, self.beta, out=ctx.buffer(u.shape, u.device))
         if self.bias_correction is False:
             return m
         return ctx.scaled(m, 1.0 / (1.0 - self.beta**ctx.step))

@@ -42,12 +42,13 @@ class Normalize(Primitive):
     def apply(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: Context) -> torch.Tensor:
         if self.kind == "rms":
             rms = torch.linalg.vector_norm(u).div_(math.sqrt(u.numel()))
-            return u * (self.target / rms.clamp_(min=self.eps))
+            return torch.mul(u, self.target / rms.clamp_(min=self.eps), out=ctx.buffer(u.shape, u.device))
         rows, cols = matrix_shape(tuple(u.shape))
         u2 = u.reshape(rows, cols)
         dim = 1 if self.kind == "row" else 0
         norms = torch.linalg.vector_norm(u2, dim=dim, keepdim=True).clamp_(min=self.eps)
-        return (u2 * (self.target / norms)).reshape(u.shape)
+        out = ctx.buffer((rows, cols), u.device)
+        return torch.mul(u2, self.target / norms, out=out).view(u.shape)
 
 
 @register

@@ -36,6 +36,7 @@ BIAS_CORRECTIONS = ("step", "row", "none")
 SOURCES = ("grad", "update")
 _DEFAULT_BETA2 = 0.999
 _TINY = torch.finfo(torch.float32).tiny
+_BLOCK_ELEMENTS = 1 << 18
 
 
 def _one_of(choices: tuple[str, ...]) -> str:
@@ -104,18 +105,18 @@ class SecondMoment(Primitive):
         return specs
 
     def apply(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: Context) -> torch.Tensor:
-        x = ctx.grad if self.source == "grad" else u
         beta2 = self._beta2(ctx.step)
         rows, cols = matrix_shape(tuple(u.shape))
-        x2 = x.reshape(rows, cols)
+        x2 = (ctx.grad if self.source == "grad" else u).reshape(rows, cols)
         if self.bias_correction == "row":
             state["count"].add_(torch.linalg.vector_norm(x2, ord=math.inf, dim=1) > 0)
-        self._accumulate(x, x2, state, beta2)
-        if self.shape == "full" and self.bias_correction != "row":
-            return self._divide_full(u, state["v"], beta2, ctx)
-        root = self._root(state, beta2, ctx.step, rows, cols)
-        denom = root.add_(self.eps) if self.eps_mode == "add" else root.clamp_(min=self.eps)
-        return (u.reshape(rows, cols) / denom).reshape(u.shape)
+        self._accumulate(x2, state, beta2, ctx)
+        u2 = u.reshape(rows, cols)
+        out = ctx.buffer((rows, cols), u.device)
+        if self.shape in ("row", "col", "scalar"):
+            torch.div(u2, self._eps(self._small_root(state, beta2, ctx.step), self.eps), out=out)
+            return out.view(u.shape)
+        return self._divide_blocks(u2, out, state, beta2, ctx).view(u.shape)
 
     def _beta2(self, step: int) -> float:
         if self.beta2_decay is None:
@@ -128,53 +129,97 @@ class SecondMoment(Primitive):
             return 1.0
         return 1.0 - beta2**step
 
-    def _accumulate(self, x: torch.Tensor, x2: torch.Tensor, state: dict[str, torch.Tensor],
-                    beta2: float) -> None:
+    def _row_correction(self, state: dict[str, torch.Tensor], beta2: float,
+                        step: int) -> torch.Tensor | float:
+        """Per row ``1 - beta2^n[i]`` (a row never seen has ``v = 0``: divided by 1), or the scalar."""
+        if self.bias_correction != "row":
+            return self._correction(beta2, step)
+        return torch.pow(beta2, state["count"].clamp(min=1.0)).neg_().add_(1.0).unsqueeze(1)
+
+    def _eps(self, root: torch.Tensor, eps: float) -> torch.Tensor:
+        """``root + eps`` or ``max(root, eps)``, in place."""
+        return root.add_(eps) if self.eps_mode == "add" else root.clamp_(min=eps)
+
+    def _accumulate(self, x2: torch.Tensor, state: dict[str, torch.Tensor], beta2: float,
+                    ctx: Context) -> None:
         """Move the running statistics of this shape towards this step's ``x^2``."""
         if self.shape == "full":
-            state["v"].mul_(beta2).addcmul_(x, x, value=1.0 - beta2)
+            state["v"].view(x2.shape).mul_(beta2).addcmul_(x2, x2, value=1.0 - beta2)
             return
         rows, cols = x2.shape
         if self.shape == "scalar":
             state["total"].lerp_(torch.linalg.vector_norm(x2).square_().div_(rows * cols), 1.0 - beta2)
             return
-        if self.shape in ("row", "factored"):
-            row_mean = torch.linalg.vector_norm(x2, dim=1).square_().div_(cols)
-            state["row"].lerp_(row_mean, 1.0 - beta2)
-        if self.shape == "factored":
-            state["total"].lerp_(row_mean.mean(), 1.0 - beta2)
-        if self.shape in ("col", "factored"):
-            col_mean = torch.linalg.vector_norm(x2, dim=0).square_().div_(rows)
-            state["col"].lerp_(col_mean, 1.0 - beta2)
-
-    def _divide_full(self, u: torch.Tensor, v: torch.Tensor, beta2: float, ctx: Context) -> torch.Tensor:
-        """``u / (sqrt(v / bc) + eps)`` computed as ``sqrt(bc) * u / (sqrt(v) + eps sqrt(bc))``.
-
-        That is one pass fewer over the tensor (as torch Adam's own arithmetic would need), and the
-        scalar ``sqrt(bc)`` can ride on the step size.
-        """
-        bc_sqrt = math.sqrt(self._correction(beta2, ctx.step))
-        root = v.sqrt()
-        eps = self.eps * bc_sqrt
-        denom = root.add_(eps) if self.eps_mode == "add" else root.clamp_(min=eps)
-        return ctx.scaled(torch.div(u, denom, out=denom), bc_sqrt)
-
-    def _root(self, state: dict[str, torch.Tensor], beta2: float, step: int, rows: int,
-              cols: int) -> torch.Tensor:
-        """``sqrt(v_hat)`` as a new tensor broadcastable to the (rows, columns) view."""
-        bc = self._correction(beta2, step)
-        if self.shape == "scalar":
-            return state["total"].div(bc).sqrt_()
-        if self.shape == "col":
-            return state["col"].div(bc).sqrt_().unsqueeze(0)
-        # 1 - beta2^n[i] per row; a row never seen has v = 0 and is divided by 1 instead of 0.
-        per_row = (torch.pow(beta2, state["count"].clamp(min=1.0)).neg_().add_(1.0).unsqueeze(1)
-                   if self.bias_correction == "row" else bc)
-        if self.shape == "full":
-            return state["v"].view(rows, cols).div(per_row).sqrt_()
-        row = state["row"].unsqueeze(1).div(per_row)
         if self.shape == "row":
-            return row.sqrt_()
-        floor = self.eps if self.eps_mode == "floor" else _TINY
-        row.div_(state["total"].clamp(min=floor)).sqrt_()
-        return row * state["col"].sqrt().unsqueeze(0)
+            row_sq = torch.linalg.vector_norm(x2, dim=1).square_()
+        else:
+            row_sq, col_sq = square_sums(x2, ctx)
+        if self.shape in ("row", "factored"):
+            state["row"].lerp_(row_sq.div_(cols), 1.0 - beta2)
+        if self.shape == "factored":
+            state["total"].lerp_(row_sq.mean(), 1.0 - beta2)
+        if self.shape in ("col", "factored"):
+            state["col"].lerp_(col_sq.div_(rows), 1.0 - beta2)
+
+    def _small_root(self, state: dict[str, torch.Tensor], beta2: float, step: int) -> torch.Tensor:
+        """``sqrt(v_hat)`` of the row, col and scalar shapes, broadcastable to (rows, columns)."""
+        if self.shape == "scalar":
+            return state["total"].div(self._correction(beta2, step)).sqrt_()
+        if self.shape == "col":
+            return state["col"].div(self._correction(beta2, step)).sqrt_().unsqueeze(0)
+        return state["row"].unsqueeze(1).div(self._row_correction(state, beta2, step)).sqrt_()
+
+    def _divide_blocks(self, u2: torch.Tensor, out: torch.Tensor, state: dict[str, torch.Tensor],
+                       beta2: float, ctx: Context) -> torch.Tensor:
+        """``out = u / (sqrt(v_hat) + eps)`` for full and factored, block by block of rows.
+
+        Each block's denominator is made, shifted by eps and divided while it is still in cache.
+        Full, corrected by the step: ``sqrt(bc) * u / (sqrt(v) + eps sqrt(bc))``, which saves a
+        pass and lets the scalar ``sqrt(bc)`` ride on the step size.
+        """
+        eps, factor = self.eps, 1.0
+        if self.shape == "full":
+            v2 = state["v"].view(u2.shape)
+            per_row = self._row_correction(state, beta2, ctx.step)
+            if isinstance(per_row, float):
+                factor = math.sqrt(per_row)
+                eps *= factor
+            else:
+                per_row = per_row.sqrt_()
+        else:
+            floor = self.eps if self.eps_mode == "floor" else _TINY
+            row = state["row"].unsqueeze(1).div(self._row_correction(state, beta2, ctx.step))
+            row = row.div_(state["total"].clamp(min=floor)).sqrt_()
+            col = state["col"].sqrt().unsqueeze(0)
+        for block in row_blocks(*u2.shape, u2.device):
+            den = out[block]
+            if self.shape == "factored":
+                torch.mul(row[block], col, out=den)
+            else:
+                torch.sqrt(v2[block], out=den)
+                if not isinstance(per_row, float):
+                    den.div_(per_row[block])
+            torch.div(u2[block], self._eps(den, eps), out=den)
+        return ctx.scaled(out, factor)
+
+
+def row_blocks(rows: int, cols: int, device: torch.device) -> list[slice]:
+    """Slices of rows small enough to stay in a CPU cache (about 1 MiB); all rows elsewhere."""
+    if device.type != "cpu":
+        return [slice(0, rows)]
+    step = max(1, _BLOCK_ELEMENTS // cols)
+    return [slice(lo, min(lo + step, rows)) for lo in range(0, rows, step)]
+
+
+def square_sums(x2: torch.Tensor, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row sums and column sums of ``x2 ** 2`` in one pass over ``x2`` (squares made per block)."""
+    rows, cols = x2.shape
+    row_sq = torch.empty(rows, device=x2.device)
+    col_sq = torch.zeros(cols, device=x2.device)
+    blocks = row_blocks(rows, cols, x2.device)
+    scratch = ctx.buffer((blocks[0].stop - blocks[0].start, cols), x2.device)
+    for block in blocks:
+        sq = torch.mul(x2[block], x2[block], out=scratch[: block.stop - block.start])
+        torch.sum(sq, dim=1, out=row_sq[block])
+        col_sq.add_(sq.sum(dim=0))
+    return row_sq, col_sq
