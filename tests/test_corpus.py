@@ -33,9 +33,10 @@ def test_stdlib_source_is_sorted_python_without_site_packages():
     assert list(full.files) == sorted(full.files)
     assert all(f.endswith(".py") and not f.startswith("site-packages/") for f in full.files)
     assert "json/__init__.py" in lean.files
-    assert any(f.startswith("test/") for f in full.files)
     assert not any(f.startswith("test/") or "/tests/" in f for f in lean.files)
-    assert set(lean.files) < set(full.files)
+    assert set(lean.files) <= set(full.files)
+    if (full.root / "test").is_dir():  # some distributions ship the stdlib without its tests
+        assert any(f.startswith("test/") for f in full.files) and len(lean.files) < len(full.files)
 
 
 def test_user_folder_skips_hidden_and_binary(folder):
