@@ -99,3 +99,24 @@ def assign_roles(
         check_role(role, f"roles override for {name!r}")
         out[name] = (role, out[name][1])
     return out
+
+
+def transformer_shapes(vocab: int, dim: int, layers: int, *, tied: bool = False,
+                       mlp_ratio: int = 4) -> dict[str, list[tuple[int, ...]]]:
+    """Parameter shapes by role of the proxies' GPT layout, without building it.
+
+    Token table V x D; per layer a fused q/k/v (3D x D), an output projection (D x D), an MLP
+    (rD x D, D x rD) and two norm gains (D); a final norm gain; an LM head V x D unless tied; no
+    biases, no positional table (rotary positions).
+    """
+    for name, value in (("vocab", vocab), ("dim", dim), ("layers", layers), ("mlp_ratio", mlp_ratio)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "layers" else 1):
+            raise ValueError(f"transformer_shapes: {name}={value!r} is not allowed; {name} must be a whole "
+                             f"number >= {0 if name == 'layers' else 1}")
+    hidden = mlp_ratio * dim
+    return {
+        "embed": [(vocab, dim)],
+        "head": [] if tied else [(vocab, dim)],
+        "matrix": [(3 * dim, dim), (dim, dim), (hidden, dim), (dim, hidden)] * layers,
+        "vector": [(dim,)] * (2 * layers + 1),
+    }

@@ -39,11 +39,15 @@ class StateSpec:
     dtype: torch.dtype = torch.float32
 
     @property
-    def nbytes(self) -> int:
+    def numel(self) -> int:
         n = 1
         for d in self.shape:
             n *= d
-        return n * torch.empty((), dtype=self.dtype).element_size()
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * torch.empty((), dtype=self.dtype).element_size()
 
 
 class Workspace:
@@ -161,6 +165,8 @@ class Primitive:
 
     name: ClassVar[str] = ""
     positional: ClassVar[tuple[str, ...]] = ()
+    #: Fields that take one of a few words: field -> the words allowed (checked before validate()).
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {}
     #: True when ``apply(c * u) == c * apply(u)`` for every scalar ``c > 0`` and the state never
     #: stores ``u``: an earlier primitive may then fold a scalar into ``Context.step_size``.
     homogeneous: ClassVar[bool] = False
@@ -168,6 +174,9 @@ class Primitive:
     def __post_init__(self) -> None:
         for field, value in _as_declared_floats(self).items():
             object.__setattr__(self, field, value)
+        for field, allowed in self.choices.items():
+            value = getattr(self, field)
+            check_arg(self.name, field, value, value in allowed, f"one of {', '.join(allowed)}")
         self.validate()
 
     def validate(self) -> None:

@@ -29,7 +29,7 @@ def check_beta(primitive: str, arg: str, value: float) -> None:
 @register
 @dataclass(frozen=True)
 class Momentum(Primitive):
-    """First moment of the direction; ``kind`` picks the reference form (module docstring).
+    """First moment of the direction: ``ema`` (Adam, Muon), ``heavy_ball`` (torch SGD), ``lion``.
 
     ``bias_correction`` applies to ``ema`` only; ``None`` means the kind's own convention (``ema``:
     on, as Adam; ``ema`` with ``nesterov``: off, as Muon). Writing the convention explicitly is
@@ -38,6 +38,7 @@ class Momentum(Primitive):
 
     name = "momentum"
     positional = ("beta",)
+    choices = {"kind": KINDS}
 
     beta: float = 0.9
     kind: str = "ema"
@@ -53,7 +54,6 @@ class Momentum(Primitive):
 
     def validate(self) -> None:
         check_beta(self.name, "beta", self.beta)
-        check_arg(self.name, "kind", self.kind, self.kind in KINDS, f"one of {', '.join(KINDS)}")
         check_arg(self.name, "nesterov", self.nesterov, isinstance(self.nesterov, bool), "True or False")
         heavy_ball_dampening = self.kind == "heavy_ball" and 0.0 <= self.dampening <= 1.0
         check_arg(self.name, "dampening", self.dampening,

@@ -27,13 +27,13 @@ class Normalize(Primitive):
 
     name = "normalize"
     positional = ("kind",)
+    choices = {"kind": KINDS}
 
     kind: str = "rms"
     target: float = 1.0
     eps: float = 1e-8
 
     def validate(self) -> None:
-        check_arg(self.name, "kind", self.kind, self.kind in KINDS, f"one of {', '.join(KINDS)}")
         check_arg(self.name, "target", self.target,
                   isinstance(self.target, float) and 0.0 < self.target < math.inf, "a finite number > 0")
         check_arg(self.name, "eps", self.eps, isinstance(self.eps, float) and 0.0 < self.eps < math.inf,

@@ -37,13 +37,14 @@ def newton_schulz(g: torch.Tensor, coefficients: tuple[float, float, float], ste
 @register
 @dataclass(frozen=True)
 class Orthogonalize(Primitive):
-    """``u' ~ U V^T`` for ``u = U S V^T``, by Newton-Schulz (module docstring).
+    """``u' ~ U V^T`` for ``u = U S V^T``, by Muon's Newton-Schulz iteration (2-D tensors only).
 
     ``dtype=bfloat16`` (default) runs the iteration in bf16 as torch.optim.Muon does;
     ``dtype=float32`` runs it in fp32. The result is returned in fp32.
     """
 
     name = "orthogonalize"
+    choices = {"dtype": tuple(DTYPES)}
 
     steps: int = 5
     coefficients: tuple[float, float, float] = MUON_COEFFICIENTS
@@ -61,7 +62,6 @@ class Orthogonalize(Primitive):
                   "three finite numbers (a, b, c)")
         check_arg(n, "eps", self.eps, isinstance(self.eps, float) and 0.0 < self.eps < math.inf,
                   "a finite number > 0")
-        check_arg(n, "dtype", self.dtype, self.dtype in DTYPES, f"one of {', '.join(DTYPES)}")
 
     def check_shape(self, shape: tuple[int, ...]) -> None:
         check_arg(self.name, "parameter shape", tuple(shape), len(shape) == 2,

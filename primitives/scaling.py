@@ -23,12 +23,10 @@ class ShapeScale(Primitive):
 
     name = "shape_scale"
     positional = ("rule",)
+    choices = {"rule": RULES}
     homogeneous = True
 
     rule: str = "original"
-
-    def validate(self) -> None:
-        check_arg(self.name, "rule", self.rule, self.rule in RULES, f"one of {', '.join(RULES)}")
 
     def apply(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: Context) -> torch.Tensor:
         rows, cols = matrix_shape(tuple(u.shape))

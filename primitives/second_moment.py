@@ -39,17 +39,14 @@ _TINY = torch.finfo(torch.float32).tiny
 _BLOCK_ELEMENTS = 1 << 18
 
 
-def _one_of(choices: tuple[str, ...]) -> str:
-    return f"one of {', '.join(choices)}"
-
-
 @register
 @dataclass(frozen=True)
 class SecondMoment(Primitive):
-    """Preconditioning by a running second moment of ``shape`` (module docstring)."""
+    """Divide by the root of a running second moment: per entry, row, column, row x column, tensor."""
 
     name = "second_moment"
     positional = ("shape",)
+    choices = {"shape": SHAPES, "eps_mode": EPS_MODES, "bias_correction": BIAS_CORRECTIONS, "source": SOURCES}
 
     shape: str = "full"
     beta2: float = _DEFAULT_BETA2
@@ -71,7 +68,6 @@ class SecondMoment(Primitive):
 
     def validate(self) -> None:
         n = self.name
-        check_arg(n, "shape", self.shape, self.shape in SHAPES, _one_of(SHAPES))
         check_beta(n, "beta2", self.beta2)
         if self.beta2_decay is not None:
             check_arg(n, "beta2_decay", self.beta2_decay,
@@ -81,10 +77,6 @@ class SecondMoment(Primitive):
                       "left out when beta2_decay is given (the schedule replaces it)")
         check_arg(n, "eps", self.eps, isinstance(self.eps, float) and 0.0 <= self.eps < math.inf,
                   "a finite number >= 0")
-        check_arg(n, "eps_mode", self.eps_mode, self.eps_mode in EPS_MODES, _one_of(EPS_MODES))
-        check_arg(n, "bias_correction", self.bias_correction, self.bias_correction in BIAS_CORRECTIONS,
-                  _one_of(BIAS_CORRECTIONS))
-        check_arg(n, "source", self.source, self.source in SOURCES, _one_of(SOURCES))
         if self.bias_correction == "row":
             check_arg(n, "bias_correction", "row", self.shape in ("full", "row", "factored"),
                       "step or none with shape=col or shape=scalar (they have no rows)")
