@@ -53,7 +53,10 @@ def test_loss_at_t_ignores_later_tokens(model, t, seed):
 def test_rotary_keeps_norms_and_depends_on_offset_only():
     cos, sin = rotary_tables(16, 8)
     q, k = torch.randn(8), torch.randn(8)
-    rot = lambda v, pos: apply_rotary(v.expand(16, 8), cos, sin)[pos]  # noqa: E731
+
+    def rot(v, pos):
+        return apply_rotary(v.expand(16, 8), cos, sin)[pos]
+
     torch.testing.assert_close(rot(q, 5).norm(), q.norm())
     torch.testing.assert_close(rot(q, 7) @ rot(k, 3), rot(q, 12) @ rot(k, 8))
 
