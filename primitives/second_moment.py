@@ -211,7 +211,7 @@ def square_sums(x2: torch.Tensor, ctx: Context) -> tuple[torch.Tensor, torch.Ten
     blocks = row_blocks(rows, cols, x2.device)
     scratch = ctx.buffer((blocks[0].stop - blocks[0].start, cols), x2.device)
     for block in blocks:
-        sq = torch.mul(x2[block], x2[block], out=scratch[: block.stop - block.start])
+        sq = torch.square(x2[block], out=scratch[: block.stop - block.start])
         torch.sum(sq, dim=1, out=row_sq[block])
         col_sq.add_(sq.sum(dim=0))
     return row_sq, col_sq
