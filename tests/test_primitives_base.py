@@ -42,6 +42,15 @@ def updates(chain: str, grads: Sequence[torch.Tensor], lr: float = 1.0,
     return out
 
 
+def assert_refused(cls: type[Primitive], kwargs: dict, words: Sequence[str]) -> None:
+    """``cls(**kwargs)`` raises the house ValueError: the primitive's name first, then ``words``."""
+    with pytest.raises(ValueError) as e:
+        cls(**kwargs)
+    assert str(e.value).startswith(f"{cls.name}: ")
+    for w in words:
+        assert w in str(e.value)
+
+
 def test_state_spec_counts_bytes_by_dtype() -> None:
     assert StateSpec("v", (3, 5)).nbytes == 60
     assert StateSpec("v", (3, 5), torch.bfloat16).nbytes == 30
