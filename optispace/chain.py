@@ -74,7 +74,11 @@ class Chain:
 
     def init_state(self, shape: tuple[int, ...], device: torch.device) -> dict[str, torch.Tensor]:
         """Allocate exactly what :meth:`state_specs` declares, zero-filled."""
-        return {s.name: torch.zeros(s.shape, dtype=s.dtype, device=device) for s in self.state_specs(shape)}
+        return {
+            keys[field]: tensor
+            for p, keys in zip(self.primitives, self.state_keys, strict=True)
+            for field, tensor in p.init_state(tuple(shape), device).items()
+        }
 
     def state_bytes(self, shape: tuple[int, ...]) -> int:
         return sum(s.nbytes for s in self.state_specs(shape))

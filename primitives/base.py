@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -40,10 +41,7 @@ class StateSpec:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:
@@ -68,15 +66,13 @@ class Workspace:
         """An uninitialized fp32 tensor of ``shape``, not aliasing any other taken buffer."""
         if device.type != "cpu":
             return torch.empty(shape, device=device)
-        n = 1
-        for d in shape:
-            n *= d
+        n = math.prod(shape)
         fitting = [b for b in self._free if b.numel() >= n]
         buf = min(fitting, key=torch.Tensor.numel) if fitting else torch.empty(n)
         if fitting:
             self._free.remove(buf)
         self._taken.append(buf)
-        return buf[:n].view(shape)
+        return (buf if buf.numel() == n else buf[:n]).view(shape)
 
     def release(self) -> None:
         """Every taken buffer is free again (the step that used them is over)."""
@@ -88,9 +84,10 @@ class Workspace:
 class Context:
     """What a primitive may read besides ``u``.
 
-    ``grad`` is the raw gradient in fp32; ``param`` is the parameter itself (it may be bf16:
-    primitives that change it, like decoupled weight decay, do so in place); ``step`` is the
-    1-based count of steps this parameter has taken; ``lr`` is the learning rate of its group.
+    ``grad`` is the raw gradient in fp32; ``param`` is the parameter in fp32 (for a bf16 or fp16
+    parameter, a working copy the optimizer writes back), which primitives like decoupled weight
+    decay change in place; ``step`` is the 1-based count of steps this parameter has taken; ``lr``
+    is the learning rate of its group.
 
     ``step_size`` is what the optimizer finally multiplies the direction by (``param -= step_size
     * u``); it starts at ``lr``, and scaling primitives (shape scaling, Adafactor's relative step)
@@ -138,14 +135,9 @@ def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
     A tensor of shape ``(d0, d1, ..., dk)`` is ``d0`` rows of ``d1 * ... * dk`` columns (an
     embedding table is V rows of D); a vector is one row; a scalar is one row of one column.
     """
-    if len(shape) == 0:
-        return 1, 1
-    if len(shape) == 1:
-        return 1, shape[0]
-    cols = 1
-    for d in shape[1:]:
-        cols *= d
-    return shape[0], cols
+    if len(shape) < 2:
+        return 1, math.prod(shape)
+    return shape[0], math.prod(shape[1:])
 
 
 def check_arg(primitive: str, arg: str, value: Any, ok: bool, allowed: str) -> None:
@@ -159,7 +151,7 @@ class Primitive:
     """Base class. Subclasses are ``@register``-ed frozen dataclasses that set ``name``.
 
     ``positional`` names the fields written without ``key=`` in the canonical text, in order
-    (e.g. ``second_moment(factored, beta2=0.999)``); every other field is written as ``key=value``
+    (e.g. ``second_moment(factored, beta2=0.95)``); every other field is written as ``key=value``
     when it differs from its default.
     """
 
@@ -186,7 +178,7 @@ class Primitive:
         """Raise ``ValueError`` when this primitive cannot act on a parameter of ``shape``."""
 
     def state_specs(self, shape: tuple[int, ...]) -> list[StateSpec]:
-        """The state kept for a parameter of ``shape``; empty for stateless primitives."""
+        """The state kept for a parameter of ``shape`` (names do not depend on it); empty if none."""
         return []
 
     def init_state(self, shape: tuple[int, ...], device: torch.device) -> dict[str, torch.Tensor]:

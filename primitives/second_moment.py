@@ -98,17 +98,21 @@ class SecondMoment(Primitive):
 
     def apply(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: Context) -> torch.Tensor:
         beta2 = self._beta2(ctx.step)
+        x = ctx.grad if self.source == "grad" else u
         rows, cols = matrix_shape(tuple(u.shape))
-        x2 = (ctx.grad if self.source == "grad" else u).reshape(rows, cols)
         if self.bias_correction == "row":
-            state["count"].add_(torch.linalg.vector_norm(x2, ord=math.inf, dim=1) > 0)
-        self._accumulate(x2, state, beta2, ctx)
+            seen = torch.linalg.vector_norm(x.reshape(rows, cols), ord=math.inf, dim=1) > 0
+            state["count"].add_(seen)
+        if self.shape == "full":
+            state["v"].mul_(beta2).addcmul_(x, x, value=1.0 - beta2)
+            return self._divide_full(u, state, beta2, ctx)
+        self._accumulate(x.reshape(rows, cols), state, beta2, ctx)
         u2 = u.reshape(rows, cols)
         out = ctx.buffer((rows, cols), u.device)
-        if self.shape in ("row", "col", "scalar"):
-            torch.div(u2, self._eps(self._small_root(state, beta2, ctx.step), self.eps), out=out)
-            return out.view(u.shape)
-        return self._divide_blocks(u2, out, state, beta2, ctx).view(u.shape)
+        if self.shape == "factored":
+            return self._divide_factored(u2, out, state, beta2, ctx.step).view(u.shape)
+        torch.div(u2, self._eps(self._small_root(state, beta2, ctx.step), self.eps), out=out)
+        return out.view(u.shape)
 
     def _beta2(self, step: int) -> float:
         if self.beta2_decay is None:
@@ -134,10 +138,7 @@ class SecondMoment(Primitive):
 
     def _accumulate(self, x2: torch.Tensor, state: dict[str, torch.Tensor], beta2: float,
                     ctx: Context) -> None:
-        """Move the running statistics of this shape towards this step's ``x^2``."""
-        if self.shape == "full":
-            state["v"].view(x2.shape).mul_(beta2).addcmul_(x2, x2, value=1.0 - beta2)
-            return
+        """Move the running statistics of the row, col, factored and scalar shapes towards ``x^2``."""
         rows, cols = x2.shape
         if self.shape == "scalar":
             state["total"].lerp_(torch.linalg.vector_norm(x2).square_().div_(rows * cols), 1.0 - beta2)
@@ -161,45 +162,56 @@ class SecondMoment(Primitive):
             return state["col"].div(self._correction(beta2, step)).sqrt_().unsqueeze(0)
         return state["row"].unsqueeze(1).div(self._row_correction(state, beta2, step)).sqrt_()
 
-    def _divide_blocks(self, u2: torch.Tensor, out: torch.Tensor, state: dict[str, torch.Tensor],
-                       beta2: float, ctx: Context) -> torch.Tensor:
-        """``out = u / (sqrt(v_hat) + eps)`` for full and factored, block by block of rows.
+    def _divide_full(self, u: torch.Tensor, state: dict[str, torch.Tensor], beta2: float,
+                     ctx: Context) -> torch.Tensor:
+        """``u / (sqrt(v_hat) + eps)`` in the tensor's own shape, block by block of rows.
 
-        Each block's denominator is made, shifted by eps and divided while it is still in cache.
-        Full, corrected by the step: ``sqrt(bc) * u / (sqrt(v) + eps sqrt(bc))``, which saves a
-        pass and lets the scalar ``sqrt(bc)`` ride on the step size.
+        Corrected by the step, it is ``sqrt(bc) * u / (sqrt(v) + eps sqrt(bc))``: a pass fewer, and
+        the scalar ``sqrt(bc)`` can ride on the step size. Each block's denominator is made,
+        shifted and divided while it is still in cache.
         """
-        eps, factor = self.eps, 1.0
-        if self.shape == "full":
-            v2 = state["v"].view(u2.shape)
-            per_row = self._row_correction(state, beta2, ctx.step)
-            if isinstance(per_row, float):
-                factor = math.sqrt(per_row)
-                eps *= factor
-            else:
-                per_row = per_row.sqrt_()
-        else:
-            floor = self.eps if self.eps_mode == "floor" else _TINY
-            row = state["row"].unsqueeze(1).div(self._row_correction(state, beta2, ctx.step))
-            row = row.div_(state["total"].clamp(min=floor)).sqrt_()
-            col = state["col"].sqrt().unsqueeze(0)
-        for block in row_blocks(*u2.shape, u2.device):
-            den = out[block]
-            if self.shape == "factored":
-                torch.mul(row[block], col, out=den)
-            else:
-                torch.sqrt(v2[block], out=den)
-                if not isinstance(per_row, float):
-                    den.div_(per_row[block])
-            torch.div(u2[block], self._eps(den, eps), out=den)
+        v, eps, factor = state["v"], self.eps, 1.0
+        per_row = self._row_correction(state, beta2, ctx.step)
+        if isinstance(per_row, float):
+            factor = math.sqrt(per_row)
+            eps *= factor
+        else:  # one number per row of the (rows, columns) view, shaped to broadcast against v
+            per_row = per_row.sqrt_().view(-1, *[1] * (v.ndim - 1)) if v.ndim >= 2 else per_row.view(())
+        out = ctx.buffer(tuple(u.shape), u.device)
+        for block in row_blocks(*matrix_shape(tuple(u.shape)), u.device):
+            den = torch.sqrt(_part(v, block), out=_part(out, block))
+            if not isinstance(per_row, float):
+                den.div_(_part(per_row, block))
+            torch.div(_part(u, block), self._eps(den, eps), out=den)
         return ctx.scaled(out, factor)
 
+    def _divide_factored(self, u2: torch.Tensor, out: torch.Tensor, state: dict[str, torch.Tensor],
+                         beta2: float, step: int) -> torch.Tensor:
+        """``out = u / (a[i] b[j] + eps)`` with ``a b = sqrt(r c / s)``, block by block of rows."""
+        floor = self.eps if self.eps_mode == "floor" else _TINY
+        row = state["row"].unsqueeze(1).div(self._row_correction(state, beta2, step))
+        row = row.div_(state["total"].clamp(min=floor)).sqrt_()
+        col = state["col"].sqrt().unsqueeze(0)
+        for block in row_blocks(*u2.shape, u2.device):
+            den = torch.mul(_part(row, block), col, out=_part(out, block))
+            torch.div(_part(u2, block), self._eps(den, self.eps), out=den)
+        return out
 
-def row_blocks(rows: int, cols: int, device: torch.device) -> list[slice]:
-    """Slices of rows small enough to stay in a CPU cache (about 1 MiB); all rows elsewhere."""
-    if device.type != "cpu":
-        return [slice(0, rows)]
+
+def _part(t: torch.Tensor, block: slice | None) -> torch.Tensor:
+    """Rows ``block`` of ``t`` (along its first dimension), or all of ``t`` for ``None``."""
+    return t if block is None else t[block]
+
+
+def row_blocks(rows: int, cols: int, device: torch.device) -> list[slice | None]:
+    """Slices of rows small enough to stay in a CPU cache (about 1 MiB); ``[None]``: all at once.
+
+    Several blocks only happen for CPU tensors of more than one row, which have 2 or more
+    dimensions, so a block of rows of the (rows, columns) view is a slice of the first dimension.
+    """
     step = max(1, _BLOCK_ELEMENTS // cols)
+    if device.type != "cpu" or rows <= step:
+        return [None]
     return [slice(lo, min(lo + step, rows)) for lo in range(0, rows, step)]
 
 
@@ -209,9 +221,10 @@ def square_sums(x2: torch.Tensor, ctx: Context) -> tuple[torch.Tensor, torch.Ten
     row_sq = torch.empty(rows, device=x2.device)
     col_sq = torch.zeros(cols, device=x2.device)
     blocks = row_blocks(rows, cols, x2.device)
-    scratch = ctx.buffer((blocks[0].stop - blocks[0].start, cols), x2.device)
+    scratch = ctx.buffer(_part(x2, blocks[0]).shape, x2.device)
     for block in blocks:
-        sq = torch.square(x2[block], out=scratch[: block.stop - block.start])
-        torch.sum(sq, dim=1, out=row_sq[block])
+        part = _part(x2, block)
+        sq = torch.square(part, out=scratch[: part.shape[0]])
+        torch.sum(sq, dim=1, out=_part(row_sq, block))
         col_sq.add_(sq.sum(dim=0))
     return row_sq, col_sq
