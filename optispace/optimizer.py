@@ -92,6 +92,8 @@ class Optimizer(torch.optim.Optimizer):
         lr: float | None = None, role_lr: Mapping[str, float] | None = None,
         roles: Override | None = None, **hyperparameters: Any,
     ) -> None:
+        if isinstance(model_or_params, nn.Module):
+            _refuse_sparse(model_or_params)
         assigned = assign_roles(model_or_params, roles)
         by_role: dict[str, list[tuple[str, nn.Parameter]]] = {}
         for name, (role, p) in assigned.items():
@@ -117,6 +119,11 @@ class Optimizer(torch.optim.Optimizer):
             for p in group["params"]:
                 self.state[p] = {"step": 0, **chain.init_state(tuple(p.shape), p.device)}
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # torch pickles only defaults, state and param_groups: the scratch buffers start afresh.
+        super().__setstate__(state)
+        self._workspace = Workspace()
+
     def state_bytes(self) -> dict[str, int]:
         """Bytes of optimizer state per role, as allocated (equal to what the chains declare)."""
         return {
@@ -141,7 +148,8 @@ class Optimizer(torch.optim.Optimizer):
 
     def _step_one(self, p: torch.Tensor, chain: Chain, lr: float) -> None:
         if p.grad.is_sparse:
-            raise ValueError("optispace.Optimizer does not take sparse gradients (nn.Embedding(sparse=True))")
+            raise ValueError("optispace.Optimizer does not take sparse gradients (as from "
+                             "nn.Embedding(sparse=True))")
         state = self.state[p]
         state["step"] += 1
         grad, work = p.grad, p
@@ -176,3 +184,11 @@ class Optimizer(torch.optim.Optimizer):
                 for spec in chain.state_specs(tuple(p.shape)):
                     value = saved[spec.name]
                     self.state[p][spec.name] = value.to(device=p.device, dtype=spec.dtype, copy=True)
+
+
+def _refuse_sparse(model: nn.Module) -> None:
+    """``ValueError`` for a module built to make sparse gradients (``nn.Embedding(sparse=True)``)."""
+    for name, module in model.named_modules():
+        if getattr(module, "sparse", False) is True:
+            raise ValueError(f"module {name!r} makes sparse gradients, which optispace.Optimizer does not "
+                             "take; build it with sparse=False")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 
 import pytest
@@ -139,8 +140,10 @@ def test_step_returns_the_closure_loss() -> None:
 
 
 def test_sparse_gradients_are_refused() -> None:
+    with pytest.raises(ValueError, match="module '' makes sparse gradients"):
+        Optimizer(nn.Embedding(5, 2, sparse=True), "sgd")
     table = nn.Embedding(5, 2, sparse=True)
-    opt = Optimizer(table, "sgd")
+    opt = Optimizer(list(table.parameters()), "sgd")
     table(torch.tensor([1])).sum().backward()
     with pytest.raises(ValueError, match="sparse"):
         opt.step()
@@ -196,6 +199,16 @@ def test_save_and_resume_is_bit_identical_for_any_chain(chain: Chain, seed: int)
     opt2.load_state_dict(saved)
     run(opt2, q, range(2, 4))
     assert torch.equal(p, q) or (p.isnan() == q.isnan()).all() and torch.equal(p.nan_to_num(), q.nan_to_num())
+
+
+def test_a_deep_copy_steps_like_the_original() -> None:
+    model = LM()
+    opt = Optimizer(model, "ember", lr=1e-2)
+    loss_step(model, opt, 0)
+    twin = copy.deepcopy((model, opt))
+    loss_step(model, opt, 1)
+    loss_step(twin[0], twin[1], 1)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin[0].parameters(), strict=True))
 
 
 def test_a_state_dict_from_another_chain_is_refused() -> None:
