@@ -6,7 +6,7 @@ Kinds, each matching the reference it is named after, to the operation:
   never bias-corrected): ``u' = (1 - beta) u + beta m``.
 - ``heavy_ball``: torch SGD momentum, ``m <- beta m + (1 - dampening) u`` (``m <- u`` on the first
   step), ``u' = m``; with ``nesterov=True`` (needs ``dampening=0``): ``u' = u + beta m``.
-- ``lion``: ``u' = beta u_m + (1 - beta) u`` with the stored ``m`` *before* it moves, then
+- ``lion``: ``u' = beta m + (1 - beta) u`` with the stored ``m`` *before* it moves, then
   ``m <- beta2 m + (1 - beta2) u`` (lion-pytorch's operations; the sign is a separate primitive).
 """
 
