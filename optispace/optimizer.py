@@ -100,24 +100,40 @@ class Optimizer(torch.optim.Optimizer):
             by_role.setdefault(role, []).append((name, p))
         present = [role for role in ROLES if role in by_role]
         chains, lrs, hp = resolve_recipe(recipe, present, lr, role_lr, hyperparameters)
-        groups = []
-        for role in present:
-            for name, p in by_role[role]:
-                try:
-                    chains[role].check_shape(tuple(p.shape))
-                except ValueError as e:
-                    raise ValueError(f"parameter {name!r} (role {role}, shape {tuple(p.shape)}): "
-                                     f"{e}") from None
-            groups.append({"params": [p for _, p in by_role[role]], "role": role, "chain": str(chains[role]),
-                           "lr": lrs[role], **hp})
-        if not groups:
+        if not present:
             raise ValueError("optimizer: no trainable parameters (none requires a gradient)")
-        super().__init__(groups, {})
         self._workspace = Workspace()
-        for group in self.param_groups:
-            chain = parse_chain(group["chain"])
-            for p in group["params"]:
-                self.state[p] = {"step": 0, **chain.init_state(tuple(p.shape), p.device)}
+        groups = [{"params": by_role[role], "role": role, "chain": chains[role], "lr": lrs[role], **hp}
+                  for role in present]
+        super().__init__(groups, {})
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's, for a group with ``role``, ``chain`` (text or Chain) and ``lr``.
+
+        Every parameter's shape is checked against the chain first, and its state is allocated.
+        Parameters given as ``(name, tensor)`` pairs keep their names in ``param_names``.
+        """
+        missing = [key for key in ("role", "chain", "lr") if key not in param_group]
+        if missing:
+            raise ValueError(f"add_param_group: the group has no {', '.join(missing)}; "
+                             "a group names its role, its chain and its lr")
+        role = param_group["role"]
+        check_role(role, "add_param_group")
+        chain = param_group["chain"]
+        chain = chain if isinstance(chain, Chain) else parse_chain(chain)
+        param_group["chain"] = str(chain)
+        param_group["lr"] = check_lr(param_group["lr"], f"role {role!r}")
+        params = list(param_group["params"])
+        for i, item in enumerate(params):
+            name, p = item if isinstance(item, tuple) else (str(i), item)
+            try:
+                chain.check_shape(tuple(p.shape))
+            except ValueError as e:
+                raise ValueError(f"parameter {name!r} (role {role}, shape {tuple(p.shape)}): {e}") from None
+        param_group["params"] = params
+        super().add_param_group(param_group)
+        for p in self.param_groups[-1]["params"]:
+            self.state[p] = {"step": 0, **chain.init_state(tuple(p.shape), p.device)}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # torch pickles only defaults, state and param_groups: the scratch buffers start afresh.

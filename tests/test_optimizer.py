@@ -44,6 +44,27 @@ def test_one_param_group_per_role_with_chain_lr_and_hyperparameters() -> None:
     assert groups["vector"]["beta2"] == 0.99 and groups["vector"]["betas"] == (0.9, 0.999)
 
 
+def test_groups_keep_parameter_names() -> None:
+    opt = Optimizer(LM(), "adamw")
+    names = [g["param_names"] for g in opt.param_groups]
+    assert names == [["wte.weight"], ["lm_head.weight"], ["mix.weight"], ["mix.bias"]]
+
+
+def test_a_group_added_later_names_role_chain_and_lr() -> None:
+    opt = Optimizer([("a", nn.Parameter(torch.zeros(3, 2)))], {"matrix": "momentum(0.9)"}, lr=0.1)
+    extra = nn.Parameter(torch.zeros(4))
+    opt.add_param_group({"params": [("b", extra)], "role": "vector", "chain": "sign", "lr": 0.5})
+    assert opt.state_bytes() == {"matrix": 24, "vector": 0}
+    extra.grad = torch.tensor([1.0, -2.0, 0.0, 3.0])
+    opt.step()
+    assert extra.tolist() == [-0.5, 0.5, 0.0, -0.5]
+    with pytest.raises(ValueError, match="the group has no role, chain"):
+        opt.add_param_group({"params": [nn.Parameter(torch.zeros(2))], "lr": 0.1})
+    with pytest.raises(ValueError, match="parameter 'c' .*orthogonalize"):
+        opt.add_param_group({"params": [("c", nn.Parameter(torch.zeros(2)))], "role": "vector",
+                             "chain": "orthogonalize", "lr": 0.1})
+
+
 def test_recipe_lr_is_the_default() -> None:
     assert {g["lr"] for g in Optimizer(LM(), "rmsprop").param_groups} == {RECIPES["rmsprop"].lr}
 
