@@ -44,6 +44,17 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(norms > 0, dot / norms, torch.full_like(dot, float("nan")))
 
 
+def _path(steps: torch.Tensor) -> torch.Tensor:
+    """The k+1 points ``0, D_1, .., D_k`` (fp32) of interval displacements ``steps`` (k, tokens, dim).
+
+    A running sum: torch's CPU cumsum along the first dim is several times slower on large tables.
+    """
+    points = torch.zeros((steps.shape[0] + 1, *steps.shape[1:]))
+    for t, step in enumerate(steps):
+        torch.add(points[t], step, out=points[t + 1])
+    return points
+
+
 def ray_fit(steps: torch.Tensor) -> torch.Tensor:
     """Per token, the variance share of the first principal component of its path; NaN if it never moved.
 
@@ -51,11 +62,10 @@ def ray_fit(steps: torch.Tensor) -> torch.Tensor:
     ``0, D_1, .., D_k`` (cumulative sums). The non-zero eigenvalues of the (k+1) x (k+1) Gram matrix
     of the centred points are those of their dim x dim scatter matrix, and cheaper when k << dim.
     """
-    s = steps.double()
-    points = torch.cat([torch.zeros_like(s[:1]), s.cumsum(0)]).transpose(0, 1)  # (tokens, k+1, dim)
-    centred = points - points.mean(1, keepdim=True)
-    gram = centred @ centred.transpose(1, 2)
-    eigenvalues = torch.linalg.eigvalsh(gram)  # ascending
+    points = _path(steps)
+    centred = points - points.mean(0)
+    gram = torch.einsum("ktd,ltd->tkl", centred, centred)
+    eigenvalues = torch.linalg.eigvalsh(gram.double())  # ascending
     total = eigenvalues.sum(-1)
     fit = eigenvalues[:, -1] / total
     return torch.where(total > 0, fit, torch.full_like(fit, float("nan"))).float()
@@ -63,14 +73,14 @@ def ray_fit(steps: torch.Tensor) -> torch.Tensor:
 
 def cos_total(steps: torch.Tensor) -> torch.Tensor:
     """Per token, the mean over intervals of ``cos(d_t, D_k)`` (intervals without movement skipped)."""
-    total = steps.sum(0, keepdim=True)
-    return _cosine(steps.double(), total.double()).nanmean(0).float()
+    s = steps.float()
+    return _cosine(s, s.sum(0, keepdim=True)).nanmean(0)
 
 
 def cos_successive(steps: torch.Tensor) -> torch.Tensor:
     """Per token, the mean over t of ``cos(d_t, d_{t+1})`` (pairs with a still interval skipped)."""
-    s = steps.double()
-    return _cosine(s[:-1], s[1:]).nanmean(0).float()
+    s = steps.float()
+    return _cosine(s[:-1], s[1:]).nanmean(0)
 
 
 def trajectory_statistics(steps: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -80,9 +90,9 @@ def trajectory_statistics(steps: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def null_steps(steps: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """The null model: every interval keeps its norm, its direction is uniform on the sphere."""
-    directions = torch.randn(steps.shape, generator=generator, dtype=torch.float64)
+    directions = torch.randn(steps.shape, generator=generator)
     directions /= directions.norm(dim=-1, keepdim=True)
-    return (directions * steps.double().norm(dim=-1, keepdim=True)).to(steps.dtype)
+    return (directions * steps.float().norm(dim=-1, keepdim=True)).to(steps.dtype)
 
 
 def stratified_sample(counts: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
