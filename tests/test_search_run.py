@@ -217,7 +217,8 @@ def test_two_local_workers_finish_exactly_n(tmp_path: Path) -> None:
 
 
 WORKER = """
-import sys
+import faulthandler, signal, sys
+faulthandler.register(signal.SIGUSR1)  # a hung worker's stacks, for the test's failure message
 from test_search_run import FakeTrainer, search_text
 from optispace.search.run import _worker_main
 from optispace.search.spec import parse_search_text
@@ -229,9 +230,20 @@ _worker_main(parse_search_text(search_text(), "unit.toml"), sys.argv[1], "unit",
 def start_worker(url: str, n: int, sleep_s: float) -> subprocess.Popen:
     """A worker process (the test module importable in it) running the unit search."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
-    return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(WORKER), url, str(n), str(sleep_s)], env=env
-    )
+    command = [sys.executable, "-c", textwrap.dedent(WORKER), url, str(n), str(sleep_s)]
+    return subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_exit(process: subprocess.Popen, timeout_s: float = 60.0) -> int:
+    """The exit code; if the process hangs, fail with the stacks of its threads."""
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
+        process.kill()
+        raise AssertionError(f"the worker hung:\n{process.communicate()[1]}") from None
+    return process.returncode
 
 
 def wait_for_running(
@@ -258,7 +270,7 @@ def test_sigkill_mid_trial_then_resume_retries_it_and_ends_with_exactly_n(tmp_pa
     worker = start_worker(url, 6, sleep_s=5.0)
     killed = wait_for_running(url, worker)
     worker.send_signal(signal.SIGKILL)
-    worker.wait()  # reaped: its pid is gone, so the next worker knows the trial is orphaned
+    wait_for_exit(worker)  # reaped: its pid is gone, so the next worker knows the trial is orphaned
     study = run(url, 6)
     assert len(finished(study)) == 6
     assert study.trials[killed.number].state == TrialState.FAIL
@@ -273,7 +285,7 @@ def test_sigterm_ends_the_running_trial_as_failed_and_queues_it_again(tmp_path: 
     worker = start_worker(url, 6, sleep_s=5.0)
     interrupted = wait_for_running(url, worker)
     worker.send_signal(signal.SIGTERM)
-    assert worker.wait(timeout=60) == 130
+    assert wait_for_exit(worker) == 130
     study = load(url)
     assert not study.get_trials(states=(TrialState.RUNNING,))
     trial = study.trials[interrupted.number]

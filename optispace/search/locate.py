@@ -38,7 +38,9 @@ def key_lines(text: str) -> dict[tuple[str, ...], int]:
         header = _HEADER.match(line)
         if header:
             prefix = _split_key(header.group(1))
-            lines.setdefault(prefix, number)
+            # [a.b] also declares [a] (implicitly) when nothing did before.
+            for end in range(1, len(prefix) + 1):
+                lines.setdefault(prefix[:end], number)
             continue
         assign = _ASSIGN.match(line)
         if assign:

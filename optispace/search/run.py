@@ -17,14 +17,12 @@ A crash (an exception from training) is FAIL with ``failure = "crashed: ..."`` a
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
-import signal
 import sys
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +32,7 @@ from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
 from optispace.errors import UserError
+from optispace.search.interrupts import deferred, interrupts_raise
 from optispace.search.objective import Objective, Trainer, proxy_trainer
 from optispace.search.space import grid_size
 from optispace.search.spec import SearchSpec
@@ -43,35 +42,6 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 LIVE = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
 POLL_S = 1.0
 MAX_CONSECUTIVE_CRASHES = 5
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that one path ends the running trial cleanly."""
-
-
-@contextlib.contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`Interrupted` (main thread only, as signals are)."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise Interrupted("SIGTERM")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def _shielded() -> Iterator[None]:
-    """Ignore a second SIGINT / SIGTERM while an interrupted trial is being recorded."""
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def worker_seed(study_seed: int, rank: int) -> int:
@@ -222,26 +192,54 @@ def _retry(study: optuna.Study, trial: optuna.Trial) -> None:
         )
 
 
-def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective) -> TrialState:
-    """Run one asked trial to a final state; interruptions are recorded, queued again, re-raised."""
-    storage = study._storage
+def next_trial(study: optuna.Study, objective: Objective, n_trials: int) -> optuna.trial.FrozenTrial:
+    """Ask for a trial and run it to a final state (or withdraw it as surplus).
+
+    Storage writes are :func:`deferred`; an interrupt anywhere after ``ask`` ends the trial as FAIL
+    with ``failure = "interrupted: <signal>"``, queues its configuration again, and is re-raised.
+    """
+    trial: optuna.Trial | None = None
     try:
-        with get_heartbeat_thread(trial._trial_id, storage):
-            values = objective(trial)
-    except optuna.TrialPruned:
-        return _tell(study, trial, TrialState.PRUNED)
+        with deferred():
+            trial = _ask(study)
+            claim(trial._trial_id, study._storage)
+            if _surplus(study, trial, n_trials):
+                trial.set_user_attr("failure", "surplus: the study already had enough trials")
+                _tell(study, trial, TrialState.FAIL)
+                return study._storage.get_trial(trial._trial_id)
+        state, values = _run(study, trial, objective)
+        with deferred():
+            _tell(study, trial, state, values)
     except KeyboardInterrupt as e:
-        with _shielded():
-            if "failure" not in trial.user_attrs:
-                trial.set_user_attr("failure", f"interrupted: {e or 'SIGINT'}")
-            if _tell(study, trial, TrialState.FAIL) == TrialState.FAIL:
-                _retry(study, trial)
+        if trial is not None:
+            with deferred():  # a second interrupt waits until this one is recorded
+                _record_interrupt(study, trial, e)
         raise
+    return study._storage.get_trial(trial._trial_id)
+
+
+def _run(
+    study: optuna.Study, trial: optuna.Trial, objective: Objective
+) -> tuple[TrialState, list[float] | None]:
+    """The objective under a heartbeat: its state and values; a crash is FAIL with its reason."""
+    try:
+        with get_heartbeat_thread(trial._trial_id, study._storage):
+            return TrialState.COMPLETE, objective(trial)
+    except optuna.TrialPruned:
+        return TrialState.PRUNED, None
     except Exception as e:
         if "failure" not in trial.user_attrs:
             trial.set_user_attr("failure", f"crashed: {type(e).__name__}: {e}")
-        return _tell(study, trial, TrialState.FAIL)
-    return _tell(study, trial, TrialState.COMPLETE, values)
+        return TrialState.FAIL, None
+
+
+def _record_interrupt(study: optuna.Study, trial: optuna.Trial, error: KeyboardInterrupt) -> None:
+    if study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+        return  # told already, or failed as stale by another worker
+    if "failure" not in trial.user_attrs:
+        trial.set_user_attr("failure", f"interrupted: {error or 'SIGINT'}")
+    if _tell(study, trial, TrialState.FAIL) == TrialState.FAIL:
+        _retry(study, trial)
 
 
 def _tell(
@@ -269,7 +267,7 @@ def work(
     study = open_study(spec, storage, name, worker_seed(spec.seed, rank))
     objective = Objective(spec, trainer, worker=rank)
     crashes = 0
-    with sigterm_interrupts():
+    with interrupts_raise():
         while True:
             _fail_stale(study)
             now = counts(study)
@@ -278,16 +276,10 @@ def work(
             if now.by_state[TrialState.WAITING] == 0 and now.live >= n_trials:
                 time.sleep(POLL_S)  # enough trials run; wait in case one of them fails
                 continue
-            trial = _ask(study)
-            claim(trial._trial_id, storage)
-            if _surplus(study, trial, n_trials):
-                trial.set_user_attr("failure", "surplus: the study already had enough trials")
-                _tell(study, trial, TrialState.FAIL)
-                continue
-            state = run_trial(study, trial, objective)
-            crashes = crashes + 1 if state == TrialState.FAIL else 0
+            trial = next_trial(study, objective, n_trials)
+            failure = trial.user_attrs.get("failure", "")
+            crashes = crashes + 1 if failure.startswith("crashed") else 0
             if crashes >= MAX_CONSECUTIVE_CRASHES:
-                failure = study._storage.get_trial(trial._trial_id).user_attrs.get("failure")
                 raise UserError(f"{crashes} trials in a row failed; the last: {failure}")
             if on_trial is not None:
                 on_trial(study)
@@ -355,7 +347,7 @@ def _run_processes(
     for process in processes:
         process.start()
     try:
-        with sigterm_interrupts():
+        with interrupts_raise():
             while any(p.is_alive() for p in processes):
                 bar.update()
                 time.sleep(POLL_S)

@@ -29,6 +29,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from optispace.errors import UserError
+from optispace.search.interrupts import deferred
 
 #: Overrides the default location (a path or an RDB URL), e.g. for tests or a shared disk.
 STORAGE_ENV = "OPTISPACE_STORAGE"
@@ -36,8 +37,7 @@ HEARTBEAT_S = 10
 GRACE_S = 30
 MAX_RETRY = 3
 _HEARTBEAT_ATTR = "optispace:heartbeat"
-_HOST_ATTR = "optispace:host"
-_PID_ATTR = "optispace:pid"
+_CLAIM_ATTR = "optispace:claim"
 
 
 def default_url() -> str:
@@ -55,18 +55,26 @@ def is_rdb_url(url: str) -> bool:
 
 
 def claim(trial_id: int, storage: optuna.storages.BaseStorage) -> None:
-    """Record on a trial which process on which host runs it, so an orphan can be recognised."""
-    storage.set_trial_system_attr(trial_id, _HOST_ATTR, socket.gethostname())
-    storage.set_trial_system_attr(trial_id, _PID_ATTR, os.getpid())
+    """Record on a trial which process on which host runs it, and since when."""
+    mark = {"host": socket.gethostname(), "pid": os.getpid(), "at": time.time()}
+    storage.set_trial_system_attr(trial_id, _CLAIM_ATTR, mark)
+
+
+def _started(trial: FrozenTrial) -> float:
+    return trial.datetime_start.timestamp() if trial.datetime_start else time.time()
 
 
 def _orphaned(trial: FrozenTrial) -> bool:
-    """The trial's worker ran on this host and its process is gone."""
-    pid = trial.system_attrs.get(_PID_ATTR)
-    if trial.system_attrs.get(_HOST_ATTR) != socket.gethostname() or not isinstance(pid, int):
+    """The trial's worker ran on this host and its process is gone.
+
+    A retried trial inherits the system attributes of the one it retries; a claim older than the
+    trial's start is that inheritance, not its worker's, and is ignored.
+    """
+    mark = trial.system_attrs.get(_CLAIM_ATTR)
+    if not isinstance(mark, dict) or mark.get("host") != socket.gethostname() or mark["at"] < _started(trial):
         return False
     try:
-        os.kill(pid, 0)
+        os.kill(mark["pid"], 0)
     except ProcessLookupError:
         return True
     except PermissionError:
@@ -84,15 +92,23 @@ class _OrphanAware:
         return sorted(stale)
 
 
+class _UninterruptedFileBackend(JournalFileBackend):
+    """Optuna's journal file, whose appends (lock, write, fsync, unlock) an interrupt cannot cut."""
+
+    def append_logs(self, logs: list[dict]) -> None:
+        with deferred():
+            super().append_logs(logs)
+
+
 class _HeartbeatJournal(JournalStorage, BaseHeartbeat):
     """Optuna's journal storage with the heartbeat contract of its RDB storage.
 
     A beat is a system attribute holding the wall-clock time; a RUNNING trial is stale when its
-    last beat (or its start, before the first beat) is older than ``grace_s``.
+    last beat (or its start, before the first beat) is older than ``grace_s`` seconds.
     """
 
     def __init__(self, path: str, heartbeat_s: int, grace_s: int) -> None:
-        super().__init__(JournalFileBackend(path))
+        super().__init__(_UninterruptedFileBackend(path))
         self._heartbeat_s = heartbeat_s
         self._grace_s = grace_s
         self._retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
@@ -104,8 +120,9 @@ class _HeartbeatJournal(JournalStorage, BaseHeartbeat):
         now = time.time()
         stale = []
         for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-            start = trial.datetime_start.timestamp() if trial.datetime_start else now
-            if now - trial.system_attrs.get(_HEARTBEAT_ATTR, start) > self._grace_s:
+            # max: a retried trial inherits the last beat of the trial it retries.
+            last = max(trial.system_attrs.get(_HEARTBEAT_ATTR, 0.0), _started(trial))
+            if now - last > self._grace_s:
                 stale.append(trial._trial_id)
         return stale
 
@@ -125,9 +142,14 @@ class HeartbeatRDBStorage(_OrphanAware, RDBStorage):
 
 
 def open_storage(
-    url: str, *, heartbeat_s: int = HEARTBEAT_S, grace_s: int = GRACE_S
+    url: str, *, heartbeat_s: int | None = None, grace_s: int | None = None
 ) -> JournalFileStorage | HeartbeatRDBStorage:
-    """Open (creating if needed) the storage at ``url``; ``UserError`` if it cannot be reached."""
+    """Open (creating if needed) the storage at ``url``; ``UserError`` if it cannot be reached.
+
+    ``heartbeat_s`` and ``grace_s`` default to :data:`HEARTBEAT_S` and :data:`GRACE_S`.
+    """
+    heartbeat_s = HEARTBEAT_S if heartbeat_s is None else heartbeat_s
+    grace_s = GRACE_S if grace_s is None else grace_s
     with warnings.catch_warnings():
         # The heartbeat and the retry callback are "experimental" in Optuna since 2.8; we rely on them.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -1,0 +1,163 @@
+"""``optispace search``: user mistakes exit 2 with one line and touch no storage; real runs end to end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from optispace.cli import main
+from optispace.search.storage import STORAGE_ENV, default_url, open_storage
+
+ROOT = Path(__file__).parent.parent
+SMOKE = ROOT / "searches" / "smoke.toml"
+
+# One of each kind of mistake the issue names, as an edit of searches/smoke.toml, and the message;
+# "{line}" stands for the line of the edit.
+BAD_FILES = {
+    "toml syntax": (("seed = 0", "seed = = 0"), "invalid TOML: Invalid value (at line {line}, column 8)"),
+    "unknown key": (
+        ("seed = 0", "sead = 0"),
+        "smoke.toml:{line}: study.sead: unknown key; allowed here: name,",
+    ),
+    "wrong type": (("trials = 8", 'trials = "eight"'), "smoke.toml:{line}: study.trials: must be an integer"),
+    "empty choices": (
+        ('second_moment = ["none", "full"]', "second_moment = []"),
+        "smoke.toml:{line}: roles.matrix.second_moment: must be a non-empty array",
+    ),
+    "lr range reversed": (
+        ("lr = [1e-3, 3e-2]", "lr = [3e-2, 1e-3]"),
+        "smoke.toml:{line}: roles.embed.lr: range [0.03, 0.001] is reversed or empty",
+    ),
+    "unknown primitive": (
+        ('chain = "momentum(0.9) > second_moment(full)"', 'chain = "adam"'),
+        "smoke.toml:{line}: roles.vector.chain: not a valid chain",
+    ),
+    "unknown role": (("[roles.vector]", "[roles.bias]"), "smoke.toml:{line}: roles.bias: unknown role"),
+    "unknown choice": (
+        ('"ema", "nesterov", "lion"', '"ema", "adam"'),
+        "smoke.toml:{line}: roles.matrix.momentum: unknown choice 'adam'",
+    ),
+}
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Path:
+    return tmp_path / "studies" / "s.journal"
+
+
+@pytest.mark.parametrize("name", BAD_FILES)
+def test_a_bad_search_file_exits_2_with_one_line_and_writes_nothing(
+    name: str, tmp_path: Path, storage: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (old, new), message = BAD_FILES[name]
+    text = SMOKE.read_text()
+    assert old in text
+    line = text[: text.index(old)].count("\n") + 1
+    path = tmp_path / "smoke.toml"
+    path.write_text(text.replace(old, new, 1))
+    assert main(["search", str(path), "--storage", str(storage)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("optispace search: error: ")
+    assert message.format(line=line) in err
+    assert "Traceback" not in err
+    assert not storage.parent.exists(), "nothing is written before the file is valid"
+
+
+def test_an_unreachable_storage_url_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
+    url = "postgresql+psycopg2://optispace:secret@127.0.0.1:1/optispace"
+    assert main(["search", str(SMOKE), "--storage", url]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "cannot reach storage postgresql+psycopg2://optispace:***@127.0.0.1:1/optispace" in err
+    assert "secret" not in err
+
+
+@pytest.mark.parametrize("flags", [["--n-trials", "0"], ["--workers", "0"], ["--rank-offset", "-1"]])
+def test_bad_flags_exit_2(flags: list[str], storage: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["search", str(SMOKE), "--storage", str(storage), *flags]) == 2
+    assert f"{flags[0]} must be an integer" in capsys.readouterr().err
+    assert not storage.exists()
+
+
+def test_the_default_storage_is_one_place_overridable_by_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv(STORAGE_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert default_url() == str(tmp_path / ".optispace" / "studies.journal")
+    monkeypatch.setenv(STORAGE_ENV, "postgresql+psycopg2://u@h/db")
+    assert default_url() == "postgresql+psycopg2://u@h/db"
+
+
+def search(*args: str, env_storage: Path | None = None) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if env_storage is not None:
+        env[STORAGE_ENV] = str(env_storage)
+    return subprocess.Popen(
+        [sys.executable, "-m", "optispace.cli", "search", *args, "--no-progress"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def load(storage: Path) -> optuna.Study:
+    return optuna.load_study(study_name="smoke", storage=open_storage(str(storage)))
+
+
+@pytest.mark.slow
+def test_smoke_search_runs_the_tiny_proxy_and_resumes(storage: Path) -> None:
+    done = search(str(SMOKE), "--n-trials", "3", env_storage=storage)
+    out, err = done.communicate(timeout=300)
+    assert done.returncode == 0, err
+    assert "study 'smoke'" in out and "3 finished trials" in out
+    done = search(str(SMOKE), "--storage", str(storage), "--n-trials", "4")
+    out, err = done.communicate(timeout=300)
+    assert done.returncode == 0, err
+    study = load(storage)
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 4
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    assert all(t.user_attrs["failure"] for t in study.get_trials(states=(TrialState.FAIL,)))
+    for trial in study.get_trials(states=(TrialState.COMPLETE,)):
+        attrs = trial.user_attrs
+        assert attrs["device"] == "cpu" and attrs["corpus_fingerprint"] and attrs["tokens_per_s"] > 0
+        assert attrs["seed_losses"] == [pytest.approx(trial.values[0])] and attrs["seeds"] == [0]
+        assert set(trial.intermediate_values) == {16, 32, 48, 64}
+        assert attrs["state_bytes"] == sum(v for k, v in attrs.items() if k.startswith("state_bytes."))
+    assert study.user_attrs["question"].startswith("Does a study run")
+
+
+@pytest.mark.slow
+def test_sigterm_leaves_no_trial_running(storage: Path) -> None:
+    worker = search(
+        str(SMOKE), "--storage", str(storage), "--n-trials", "200"
+    )  # still running when signalled
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert worker.poll() is None, worker.communicate()[1]
+        if storage.exists() and any(t.state == TrialState.RUNNING for t in _trials(storage)):
+            break
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGTERM)
+    _, err = worker.communicate(timeout=120)
+    assert worker.returncode == 130, err
+    assert "optispace search: interrupted" in err
+    trials = _trials(storage)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+
+
+def _trials(storage: Path) -> list[optuna.trial.FrozenTrial]:
+    try:
+        return load(storage).trials
+    except KeyError:  # the study is not created yet
+        return []

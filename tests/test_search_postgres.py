@@ -1,0 +1,133 @@
+"""Studies on PostgreSQL: several workers, dead workers, stale heartbeats; exactly N every time.
+
+A throwaway server is started for the session (initdb + pg_ctl on 127.0.0.1 and a free port, as
+the ``postgres`` user when run as root, since the server refuses root) and removed afterwards. Where
+the server binaries are absent these tests are skipped with that reason; ``.ci/run`` installs them.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from test_search_run import FakeTrainer, finished, load, run, start_worker, wait_for_exit, wait_for_running
+
+import optispace.search.storage as storage_module
+from optispace.search.storage import claim, open_storage
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+
+def _server_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    path = found[-1] if found else shutil.which("initdb")
+    return Path(path).parent if path else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """The URL of a fresh server's ``postgres`` database (trust authentication, fsync off)."""
+    bin_dir = _server_bin()
+    if bin_dir is None:
+        pytest.skip(
+            "PostgreSQL server binaries (initdb, pg_ctl) not found in /usr/lib/postgresql/*/bin or PATH"
+        )
+    root = Path(tempfile.mkdtemp(prefix="optispace-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = root / "data", _free_port()
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "check": True}
+    subprocess.run(
+        [*as_user, bin_dir / "initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync"], **quiet
+    )
+    options = f"-h 127.0.0.1 -p {port} -k {root} -F -c max_connections=200"
+    subprocess.run(
+        [*as_user, bin_dir / "pg_ctl", "-D", data, "-o", options, "-l", root / "log", "-w", "start"], **quiet
+    )
+    try:
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*as_user, bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "stop"], **quiet)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def url(postgres: str, request: pytest.FixtureRequest) -> str:
+    """A new, empty database on the session's server, for one test."""
+    import psycopg2
+
+    name = "t_" + request.node.name.lower().replace("[", "_").replace("]", "")[:50]
+    connection = psycopg2.connect(postgres.replace("postgresql+psycopg2", "postgresql") + "/postgres")
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    connection.close()
+    return f"{postgres}/{name}"
+
+
+def test_three_workers_finish_exactly_n_without_duplicates_or_losses(url: str) -> None:
+    study = run(url, 9, FakeTrainer(sleep_s=0.02), workers=3)
+    numbers = [t.number for t in study.trials]
+    assert numbers == list(range(len(numbers))), "every trial number once"
+    assert len(finished(study)) == 9
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    surplus = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert all(t.user_attrs["failure"].startswith("surplus") for t in surplus)
+    for trial in finished(study):
+        assert trial.user_attrs["worker"] in {0, 1, 2} and trial.user_attrs["structure"]
+
+
+def test_a_worker_killed_mid_trial_is_retried_and_the_study_ends_with_exactly_n(url: str) -> None:
+    worker = start_worker(url, 5, sleep_s=5.0)
+    killed = wait_for_running(url, worker)
+    worker.send_signal(signal.SIGKILL)
+    wait_for_exit(worker)
+    study = run(url, 5)
+    assert len(finished(study)) == 5
+    assert study.trials[killed.number].state == TrialState.FAIL
+    (retried,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert retried.params == killed.params and retried.state == TrialState.COMPLETE
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
+def test_a_trial_whose_heartbeat_stopped_on_another_host_is_failed_and_retried(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storage_module, "GRACE_S", 1)
+    run(url, 1)
+    storage = open_storage(url)
+    study = optuna.load_study(study_name="unit", storage=storage)
+    lost = study.ask(
+        {"embed.second_moment": optuna.distributions.CategoricalDistribution(["full", "factored"])}
+    )
+    claim(lost._trial_id, storage)
+    storage.set_trial_system_attr(
+        lost._trial_id, "optispace:claim", {"host": "elsewhere", "pid": 1, "at": 0.0}
+    )
+    storage.record_heartbeat(lost._trial_id)
+    time.sleep(2.5)  # past the grace period: the heartbeat is stale
+    study = run(url, 3)
+    assert study.trials[lost.number].state == TrialState.FAIL
+    assert len(finished(study)) == 3
+    assert [t.system_attrs.get("failed_trial") for t in study.trials].count(lost.number) == 1
+    assert load(url).trials[-1].state != TrialState.RUNNING

@@ -1,0 +1,170 @@
+"""Search files: what a valid file becomes, and one precise message for each kind of mistake."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from optispace.errors import UserError
+from optispace.search.locate import key_lines, line_of
+from optispace.search.space import grid_size
+from optispace.search.spec import Range, Values, parse_search, parse_search_text
+
+SEARCHES = sorted((Path(__file__).parent.parent / "searches").glob("*.toml"))
+
+VALID = """\
+[study]
+name = "t"
+question = "q?"
+trials = 3
+
+[proxy]
+tier = "tiny"
+tokens = 4096
+
+[roles.embed]
+second_moment = ["full", "factored"]
+lr = [1e-3, 1e-1]
+
+[roles.head]
+tie = "embed"
+
+[roles.matrix]
+momentum = ["none", "ema"]
+normalization = ["sign", "orthogonalize"]
+lr = {values = [1e-3, 1e-2]}
+beta1 = 0.9
+weight_decay = [0.0, 0.1]
+
+[roles.vector]
+chain = "momentum(0.9) > second_moment(full)"
+lr = 3e-3
+"""
+
+
+@pytest.mark.parametrize("path", SEARCHES, ids=lambda p: p.name)
+def test_every_search_file_in_the_repository_is_valid(path: Path) -> None:
+    spec = parse_search(path)
+    assert spec.name == path.stem and spec.question
+
+
+def test_a_valid_file_becomes_its_spec() -> None:
+    spec = parse_search_text(VALID)
+    assert (spec.name, spec.trials, spec.seeds, spec.sampler, spec.pruner) == ("t", 3, (0,), "tpe", "median")
+    assert spec.proxy.tokens == 4096 and spec.proxy.steps is None
+    matrix = spec.roles["matrix"]
+    assert matrix.families == {"momentum": ("none", "ema"), "normalization": ("sign", "orthogonalize")}
+    assert matrix.numbers == {
+        "lr": Values((1e-3, 1e-2)),
+        "beta1": 0.9,
+        "weight_decay": Range(0.0, 0.1, log=False),
+    }
+    assert spec.roles["embed"].numbers["lr"] == Range(1e-3, 1e-1, log=True)
+    assert spec.roles["head"].tie == "embed"
+    assert spec.roles["vector"].chain == "momentum(0.9) > second_moment(full)"
+    assert spec.raw["roles"]["head"] == {"tie": "embed"}
+
+
+def test_pareto_searches_default_to_no_pruner() -> None:
+    text = VALID.replace("trials = 3", 'trials = 3\nobjectives = ["val_loss", "state_bytes"]')
+    assert parse_search_text(text).pruner == "none"
+
+
+def bad(text: str, old: str, new: str) -> str:
+    assert old in text
+    return text.replace(old, new, 1)
+
+
+# (edit of VALID, the message expected: "<path>:<line>: <key>: <problem>")
+MISTAKES = [
+    (('tier = "tiny"', 'tier = "tiny'), r"invalid TOML: .*\(at line 7, column"),
+    (("trials = 3", "trials = 3\ncolour = 1"), r"t.toml:5: study.colour: unknown key; allowed here: name,"),
+    (("trials = 3", 'trials = "3"'), r"t.toml:4: study.trials: must be an integer >= 1, not '3'"),
+    (
+        ('momentum = ["none", "ema"]', "momentum = []"),
+        r"t.toml:18: roles.matrix.momentum: must be a non-empty",
+    ),
+    (
+        ("lr = [1e-3, 1e-1]", "lr = [1e-1, 1e-3]"),
+        r"t.toml:12: roles.embed.lr: range \[0.1, 0.001\] is reversed",
+    ),
+    (
+        ('chain = "momentum(0.9) > second_moment(full)"', 'chain = "momentum(0.9) > adamw"'),
+        r"t.toml:25: roles.vector.chain: not a valid chain: .*adamw",
+    ),
+    (("[roles.vector]", "[roles.bias]"), r"t.toml:24: roles.bias: unknown role; the roles are embed, head,"),
+    (
+        ('"sign", "orthogonalize"', '"sign", "orthogonalise"'),
+        r"t.toml:19: roles.matrix.normalization: unknown choice 'orthogonalise'; allowed: none, sign,",
+    ),
+    (
+        ('chain = "momentum(0.9) > second_moment(full)"', 'normalization = ["orthogonalize"]'),
+        r"t.toml:25: roles.vector.normalization: 'orthogonalize' cannot act on the vector role's 1-D",
+    ),
+    (("beta1 = 0.9", "beta1 = 1.0"), r"t.toml:21: roles.matrix.beta1: must be a number >= 0.0 and < 1.0"),
+    (
+        ('momentum = ["none", "ema"]', 'momentum = ["none"]'),
+        r"t.toml:21: roles.matrix.beta1: no choice of this",
+    ),
+    (('tie = "embed"', 'tie = "head"'), r"t.toml:15: roles.head.tie: must name another role"),
+    (
+        ("tokens = 4096", "tokens = 4096\nsteps = 10"),
+        r"t.toml:6: proxy: give the budget per trial as exactly one",
+    ),
+    (('tier = "tiny"', 'tier = "huge"'), r"t.toml:7: proxy.tier: 'huge' is not allowed; choose one of tiny,"),
+    (
+        ("trials = 3", 'trials = 3\nsampler = "grid"'),
+        r"t.toml:13: roles.embed.lr: sampler \"grid\" enumerates",
+    ),
+    (
+        ("trials = 3", 'trials = 3\nobjectives = ["val_loss", "state_bytes"]\npruner = "median"'),
+        r"t.toml:6: study.pruner: pruning needs a single objective",
+    ),
+    (('[roles.head]\ntie = "embed"\n', ""), r"t.toml:10: roles: missing table \[roles.head\]"),
+    (("lr = 3e-3", "lr = -3e-3"), r"t.toml:26: roles.vector.lr: must be a number > 0.0, not -0.003"),
+]
+
+
+@pytest.mark.parametrize(("edit", "message"), MISTAKES, ids=[m for _, m in MISTAKES])
+def test_each_mistake_gets_one_message_naming_key_and_line(edit: tuple[str, str], message: str) -> None:
+    with pytest.raises(UserError, match=message) as error:
+        parse_search_text(bad(VALID, *edit), "t.toml")
+    assert "\n" not in str(error.value)
+
+
+def test_grid_size_counts_conditional_numbers() -> None:
+    spec = parse_search_text(
+        VALID.replace("weight_decay = [0.0, 0.1]", "weight_decay = {values = [0.0, 0.1]}")
+    )
+    # embed: 2 shapes (lr is a range, so not enumerable; grid_size counts a range as one value)
+    # matrix: 2 momentum x 2 normalization x 2 lr x 2 weight decay; vector: 1
+    assert grid_size(spec.roles) == 2 * (2 * 2 * 2 * 2)
+
+
+KEY = st.from_regex(r"[a-z][a-z0-9_]{0,6}", fullmatch=True)
+SCALAR = st.one_of(st.integers(-5, 5), st.booleans(), st.text("ab=[]#", max_size=4))
+TABLE = st.dictionaries(KEY, SCALAR, min_size=1, max_size=4)
+
+
+@given(st.dictionaries(KEY, st.dictionaries(KEY, TABLE, min_size=1, max_size=3), min_size=1, max_size=3))
+def test_key_lines_finds_every_key_where_it_is_written(doc: dict) -> None:
+    lines, expected = [], {}
+    for top, subtables in doc.items():
+        for sub, table in subtables.items():
+            lines.append(f"[{top}.{sub}]  # a comment with = and [x]")
+            expected[(top, sub)] = len(lines)
+            for i, (key, value) in enumerate(table.items()):
+                text = repr(value).lower() if isinstance(value, bool) else repr(value).replace("'", '"')
+                if i % 2:
+                    lines.append(f'"{key}" = {text}')
+                else:
+                    lines.append(f"{key} = {text}")
+                expected[(top, sub, key)] = len(lines)
+            lines.append("")
+    found = key_lines("\n".join(lines))
+    for path, line in expected.items():
+        assert found[path] == line
+    assert line_of(found, (*next(iter(expected)), "inside", "an inline table")) == 1
