@@ -1,5 +1,6 @@
 """The token-geometry report, written from probes run on a simulated training loop."""
 
+import pytest
 import torch
 
 from optispace.probes import build
@@ -39,6 +40,7 @@ def _simulated_run(recipe: str, seed: int) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_report_has_every_section_figure_and_frame_and_is_deterministic(tmp_path):
     runs = [_simulated_run(recipe, seed) for recipe in ("line", "noise") for seed in (0, 1)]
     first = write_report(runs, tmp_path / "a", "# Token geometry\n")
