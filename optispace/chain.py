@@ -99,6 +99,15 @@ class Chain:
             u = p.apply(u, {f: state[k] for f, k in keys.items()}, ctx)
         return u
 
+    def apply_many(self, us: list[torch.Tensor], states: list[dict[str, Any]],
+                   ctxs: list[Context]) -> list[torch.Tensor]:
+        """:meth:`apply` for several parameters at once (``torch._foreach_*`` where a primitive can)."""
+        for p, keys, deferrable in zip(self.primitives, self.state_keys, self._deferrable, strict=True):
+            for ctx in ctxs:
+                ctx.deferrable = deferrable
+            us = p.apply_many(us, [{f: s[k] for f, k in keys.items()} for s in states], ctxs)
+        return us
+
 
 def _format_value(v: Any) -> str:
     if isinstance(v, tuple):

@@ -83,14 +83,16 @@ class Optimizer(torch.optim.Optimizer):
     ``model_or_params``: an ``nn.Module`` (roles from its modules), or parameters (a list of tensors
     or of ``(name, tensor)`` pairs; roles from shapes alone). ``roles``: an override, a mapping
     ``{name: role}`` or a function ``(name, param) -> role | None``. ``lr`` sets every role's lr,
-    ``role_lr`` single roles'. Every mistake (an unknown recipe, role or hyperparameter, a bad
-    value, a chain that cannot act on a parameter's shape) raises ``ValueError`` here, at build time.
+    ``role_lr`` single roles'. ``foreach``: step a group's parameters with multi-tensor operations
+    (default: on accelerators; the results are the same either way). Every mistake (an unknown
+    recipe, role or hyperparameter, a bad value, a chain that cannot act on a parameter's shape)
+    raises ``ValueError`` here, at build time.
     """
 
     def __init__(
         self, model_or_params: nn.Module | Iterable, recipe: RecipeSpec = "adamw", *,
         lr: float | None = None, role_lr: Mapping[str, float] | None = None,
-        roles: Override | None = None, **hyperparameters: Any,
+        roles: Override | None = None, foreach: bool | None = None, **hyperparameters: Any,
     ) -> None:
         if isinstance(model_or_params, nn.Module):
             _refuse_sparse(model_or_params)
@@ -105,7 +107,7 @@ class Optimizer(torch.optim.Optimizer):
         self._workspace = Workspace()
         groups = [{"params": by_role[role], "role": role, "chain": chains[role], "lr": lrs[role], **hp}
                   for role in present]
-        super().__init__(groups, {})
+        super().__init__(groups, {"foreach": foreach})
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """torch's, for a group with ``role``, ``chain`` (text or Chain) and ``lr``.
@@ -157,15 +159,33 @@ class Optimizer(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             chain = parse_chain(group["chain"])
-            for p in group["params"]:
-                if p.grad is not None:
+            params = [p for p in group["params"] if p.grad is not None]
+            if any(p.grad.is_sparse for p in params):
+                raise ValueError("optispace.Optimizer does not take sparse gradients (as from "
+                                 "nn.Embedding(sparse=True))")
+            if _grouped(params, group["foreach"]):
+                self._step_many(params, chain, group["lr"])
+            else:
+                for p in params:
                     self._step_one(p, chain, group["lr"])
         return loss
 
+    def _step_many(self, params: list[torch.Tensor], chain: Chain, lr: float) -> None:
+        """One step for fp32 parameters on one device, with multi-tensor (foreach) operations."""
+        states = [self.state[p] for p in params]
+        for state in states:
+            state["step"] += 1
+        ctxs = [Context(grad=p.grad, param=p, step=s["step"], lr=lr, workspace=self._workspace)
+                for p, s in zip(params, states, strict=True)]
+        us = chain.apply_many([p.grad for p in params], states, ctxs)
+        by_size: dict[float, list[int]] = {}
+        for i, ctx in enumerate(ctxs):
+            by_size.setdefault(ctx.step_size, []).append(i)
+        for size, indices in by_size.items():
+            torch._foreach_add_([params[i] for i in indices], [us[i] for i in indices], alpha=-size)
+        self._workspace.release()
+
     def _step_one(self, p: torch.Tensor, chain: Chain, lr: float) -> None:
-        if p.grad.is_sparse:
-            raise ValueError("optispace.Optimizer does not take sparse gradients (as from "
-                             "nn.Embedding(sparse=True))")
         state = self.state[p]
         state["step"] += 1
         grad, work = p.grad, p
@@ -200,6 +220,15 @@ class Optimizer(torch.optim.Optimizer):
                 for spec in chain.state_specs(tuple(p.shape)):
                     value = saved[spec.name]
                     self.state[p][spec.name] = value.to(device=p.device, dtype=spec.dtype, copy=True)
+
+
+def _grouped(params: list[torch.Tensor], foreach: bool | None) -> bool:
+    """Step these parameters together? ``foreach=None``: yes on accelerators, no on CPU (where the
+    per-tensor path reuses its scratch memory). Only fp32 parameters on one device qualify."""
+    if len(params) < 2 or not (foreach or (foreach is None and params[0].device.type != "cpu")):
+        return False
+    device = params[0].device
+    return all(p.device == device and p.dtype == p.grad.dtype == torch.float32 for p in params)
 
 
 def _refuse_sparse(model: nn.Module) -> None:

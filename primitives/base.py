@@ -67,10 +67,9 @@ class Workspace:
         if device.type != "cpu":
             return torch.empty(shape, device=device)
         n = math.prod(shape)
-        fitting = [b for b in self._free if b.numel() >= n]
-        buf = min(fitting, key=torch.Tensor.numel) if fitting else torch.empty(n)
-        if fitting:
-            self._free.remove(buf)
+        # The smallest free buffer that fits; found by position, since tensors compare by value.
+        fitting = sorted((b.numel(), i) for i, b in enumerate(self._free) if b.numel() >= n)
+        buf = self._free.pop(fitting[0][1]) if fitting else torch.empty(n)
         self._taken.append(buf)
         return (buf if buf.numel() == n else buf[:n]).view(shape)
 
@@ -190,6 +189,15 @@ class Primitive:
     def apply(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: Context) -> torch.Tensor:
         """Return the new direction. May update ``state`` (and, for decay, ``ctx.param``) in place."""
         raise NotImplementedError
+
+    def apply_many(self, us: list[torch.Tensor], states: list[dict[str, torch.Tensor]],
+                   ctxs: list[Context]) -> list[torch.Tensor]:
+        """:meth:`apply` for several parameters at once, with the same results.
+
+        Primitives on the hot path override it with ``torch._foreach_*`` operations, which launch
+        one kernel for all the tensors of a group on an accelerator instead of one per tensor.
+        """
+        return [self.apply(u, s, c) for u, s, c in zip(us, states, ctxs, strict=True)]
 
     def arguments(self) -> dict[str, Any]:
         """The fields as a name -> value mapping, in declaration order."""

@@ -37,6 +37,12 @@ class WeightDecay(Primitive):
             ctx.param.mul_(1.0 - ctx.lr * self.rate)
         return u
 
+    def apply_many(self, us: list[torch.Tensor], states: list[dict[str, torch.Tensor]],
+                   ctxs: list[Context]) -> list[torch.Tensor]:
+        if self.rate != 0.0:
+            torch._foreach_mul_([c.param for c in ctxs], [1.0 - c.lr * self.rate for c in ctxs])
+        return us
+
 
 @register
 @dataclass(frozen=True)

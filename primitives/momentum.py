@@ -100,3 +100,13 @@ class Momentum(Primitive):
         if self.bias_correction is False:
             return m
         return ctx.scaled(m, 1.0 / (1.0 - self.beta**ctx.step))
+
+    def apply_many(self, us: list[torch.Tensor], states: list[dict[str, torch.Tensor]],
+                   ctxs: list[Context]) -> list[torch.Tensor]:
+        if self.kind != "ema" or self.nesterov:
+            return super().apply_many(us, states, ctxs)
+        ms = [s["m"] for s in states]
+        torch._foreach_lerp_(ms, us, 1.0 - self.beta)
+        if self.bias_correction is False:
+            return ms
+        return [c.scaled(m, 1.0 / (1.0 - self.beta**c.step)) for m, c in zip(ms, ctxs, strict=True)]

@@ -114,6 +114,25 @@ class SecondMoment(Primitive):
         torch.div(u2, self._eps(self._small_root(state, beta2, ctx.step), self.eps), out=out)
         return out.view(u.shape)
 
+    def apply_many(self, us: list[torch.Tensor], states: list[dict[str, torch.Tensor]],
+                   ctxs: list[Context]) -> list[torch.Tensor]:
+        """Adam's full second moment with ``torch._foreach_*``; the other shapes one by one."""
+        if self.shape != "full" or self.bias_correction == "row":
+            return super().apply_many(us, states, ctxs)
+        xs = [c.grad for c in ctxs] if self.source == "grad" else us
+        vs = [s["v"] for s in states]
+        beta2s = [self._beta2(c.step) for c in ctxs]
+        torch._foreach_mul_(vs, beta2s)
+        torch._foreach_addcmul_(vs, xs, xs, [1.0 - b for b in beta2s])
+        factors = [math.sqrt(self._correction(b, c.step)) for b, c in zip(beta2s, ctxs, strict=True)]
+        dens = torch._foreach_sqrt(vs)
+        if self.eps_mode == "add":
+            torch._foreach_add_(dens, [self.eps * f for f in factors])
+        else:
+            torch._foreach_clamp_min_(dens, [self.eps * f for f in factors])
+        outs = torch._foreach_div(us, dens)
+        return [c.scaled(o, f) for o, c, f in zip(outs, ctxs, factors, strict=True)]
+
     def _beta2(self, step: int) -> float:
         if self.beta2_decay is None:
             return self.beta2

@@ -20,10 +20,11 @@ class LM(nn.Module):
         super().__init__()
         self.wte = nn.Embedding(30, 6, dtype=dtype)
         self.mix = nn.Linear(6, 6, dtype=dtype)
+        self.mix2 = nn.Linear(6, 6, dtype=dtype)
         self.lm_head = nn.Linear(6, 30, bias=False, dtype=dtype)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(torch.tanh(self.mix(self.wte(ids))))
+        return self.lm_head(torch.tanh(self.mix2(torch.tanh(self.mix(self.wte(ids))))))
 
 
 def loss_step(model: nn.Module, opt: torch.optim.Optimizer, seed: int) -> None:
@@ -47,7 +48,8 @@ def test_one_param_group_per_role_with_chain_lr_and_hyperparameters() -> None:
 def test_groups_keep_parameter_names() -> None:
     opt = Optimizer(LM(), "adamw")
     names = [g["param_names"] for g in opt.param_groups]
-    assert names == [["wte.weight"], ["lm_head.weight"], ["mix.weight"], ["mix.bias"]]
+    assert names == [["wte.weight"], ["lm_head.weight"], ["mix.weight", "mix2.weight"],
+                     ["mix.bias", "mix2.bias"]]
 
 
 def test_a_group_added_later_names_role_chain_and_lr() -> None:
@@ -220,6 +222,18 @@ def test_save_and_resume_is_bit_identical_for_any_chain(chain: Chain, seed: int)
     opt2.load_state_dict(saved)
     run(opt2, q, range(2, 4))
     assert torch.equal(p, q) or (p.isnan() == q.isnan()).all() and torch.equal(p.nan_to_num(), q.nan_to_num())
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_the_foreach_path_gives_the_same_bits(recipe: str) -> None:
+    one, many = LM(), LM()
+    many.load_state_dict(one.state_dict())
+    opts = Optimizer(one, recipe, lr=1e-2, foreach=False), Optimizer(many, recipe, lr=1e-2, foreach=True)
+    for seed in range(4):
+        for model, opt in zip((one, many), opts, strict=True):
+            loss_step(model, opt, seed)
+    for a, b in zip(one.parameters(), many.parameters(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_a_deep_copy_steps_like_the_original() -> None:

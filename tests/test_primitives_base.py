@@ -14,7 +14,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from optispace import Optimizer
-from primitives import Context, Momentum, Primitive, StateSpec, WeightDecay, matrix_shape, register
+from primitives import (
+    Context,
+    Momentum,
+    Primitive,
+    StateSpec,
+    WeightDecay,
+    Workspace,
+    matrix_shape,
+    register,
+)
 
 shapes_2d = st.tuples(st.integers(1, 7), st.integers(1, 7))
 shapes_any = st.one_of(shapes_2d, st.tuples(st.integers(1, 9)), st.just(()),
@@ -71,6 +80,19 @@ def test_context_folds_a_factor_into_the_step_only_when_allowed() -> None:
     assert torch.equal(ctx.scaled(u, 2.0), 2 * u) and ctx.step_size == 0.5
     ctx.deferrable = True
     assert ctx.scaled(u, 2.0) is u and ctx.step_size == 1.0
+
+
+def test_workspace_buffers_never_alias_until_released() -> None:
+    ws = Workspace()
+    cpu = torch.device("cpu")
+    first = [ws.take((3,), cpu).fill_(1.0), ws.take((1,), cpu).fill_(1.0), ws.take((1,), cpu).fill_(1.0)]
+    ptrs = {t.data_ptr() for t in first}
+    assert len(ptrs) == 3
+    ws.release()
+    again = [ws.take((1,), cpu), ws.take((1,), cpu), ws.take((2, 1), cpu), ws.take((4,), cpu)]
+    assert len({t.data_ptr() for t in again}) == 4
+    assert {t.data_ptr() for t in again[:3]} == ptrs  # reused, smallest fitting first
+    assert [tuple(t.shape) for t in again] == [(1,), (1,), (2, 1), (4,)]
 
 
 def test_integer_arguments_of_float_fields_become_floats() -> None:
