@@ -25,6 +25,7 @@ from optispace.roles import ROLES, Override, assign_roles, check_role
 from primitives import Context, Workspace
 
 RecipeSpec = str | Recipe | Mapping[str, str | Chain]
+_SMALL_CPU_TENSOR = 1 << 18  # elements (1 MiB of fp32): below it, kernel count beats memory reuse
 
 
 def resolve_recipe(
@@ -84,9 +85,9 @@ class Optimizer(torch.optim.Optimizer):
     or of ``(name, tensor)`` pairs; roles from shapes alone). ``roles``: an override, a mapping
     ``{name: role}`` or a function ``(name, param) -> role | None``. ``lr`` sets every role's lr,
     ``role_lr`` single roles'. ``foreach``: step a group's parameters with multi-tensor operations
-    (default: on accelerators; the results are the same either way). Every mistake (an unknown
-    recipe, role or hyperparameter, a bad value, a chain that cannot act on a parameter's shape)
-    raises ``ValueError`` here, at build time.
+    (default: on accelerators, and on CPU for groups of small tensors; the same bits either way).
+    Every mistake (an unknown recipe, role or hyperparameter, a bad value, a chain that cannot act
+    on a parameter's shape) raises ``ValueError`` here, at build time.
     """
 
     def __init__(
@@ -223,11 +224,17 @@ class Optimizer(torch.optim.Optimizer):
 
 
 def _grouped(params: list[torch.Tensor], foreach: bool | None) -> bool:
-    """Step these parameters together? ``foreach=None``: yes on accelerators, no on CPU (where the
-    per-tensor path reuses its scratch memory). Only fp32 parameters on one device qualify."""
-    if len(params) < 2 or not (foreach or (foreach is None and params[0].device.type != "cpu")):
+    """Step these parameters together? Only fp32 parameters on one device qualify.
+
+    ``foreach=None``: on accelerators, and on CPU when every tensor is small; a large CPU tensor
+    goes one by one, through scratch memory reused from step to step (multi-tensor operations
+    allocate their results afresh, and fresh large CPU memory page-faults).
+    """
+    if len(params) < 2 or foreach is False:
         return False
     device = params[0].device
+    if foreach is None and device.type == "cpu" and any(p.numel() > _SMALL_CPU_TENSOR for p in params):
+        return False
     return all(p.device == device and p.dtype == p.grad.dtype == torch.float32 for p in params)
 
 
