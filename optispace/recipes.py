@@ -110,7 +110,7 @@ def _adafactor(hp: Hyperparameters) -> dict[str, str]:
 
     def text(shape: str) -> str:
         second = (f"second_moment({shape}, beta2_decay={hp['beta2_decay']!r}, eps={eps1!r}, "
-                  "eps_mode=floor, bias_correction=none)")
+                  "eps_mode=floor)")
         return _chain(f"relative_step({eps2!r})", _decoupled(hp), second, f"clip_rms({hp['d']!r})")
 
     # torch Adafactor factors tensors of 2 or more dimensions and keeps vectors whole.
