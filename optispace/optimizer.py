@@ -2,7 +2,8 @@
 
 ``Optimizer(model, "ember", lr=3e-3, role_lr={"embed": 1e-2}, beta2=0.99)`` is a real
 ``torch.optim.Optimizer``: one param group per role present (keys ``role``, ``chain`` (canonical
-text), ``lr``, plus the recipe's hyperparameters), so torch LR schedulers work. Each step, for each
+text), ``lr``, ``param_names``, ``foreach``, plus the recipe's hyperparameters), so torch LR
+schedulers work. Each step, for each
 parameter with a gradient: ``u = chain(g)``, then ``p -= step_size * u`` (``step_size`` is the
 group's lr unless a scaling primitive changed it), in fp32 and cast back for bf16/fp16 parameters.
 
@@ -74,6 +75,7 @@ def state_bytes_for(
     shapes: Mapping[str, Iterable[tuple[int, ...]]], recipe: RecipeSpec = "adamw", **hyperparameters: Any
 ) -> dict[str, int]:
     """Bytes of optimizer state per role for parameters of these shapes, without allocating any."""
+    # The lr plays no part in the state; 0 stands in for a {role: chain} recipe's missing one.
     chains, _, _ = resolve_recipe(recipe, list(shapes), 0.0, None, hyperparameters)
     return {role: sum(chains[role].state_bytes(tuple(s)) for s in shapes[role]) for role in shapes}
 
