@@ -31,6 +31,15 @@ shapes_any = st.one_of(shapes_2d, st.tuples(st.integers(1, 9)), st.just(()),
 seeds = st.integers(0, 2**16)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: tiny tensors run faster, and a busy shared machine cannot stall them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def randn(shape: Sequence[int], seed: int, scale: float = 1.0) -> torch.Tensor:
     return scale * torch.randn(tuple(shape), generator=torch.Generator().manual_seed(seed))
 

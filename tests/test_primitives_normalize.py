@@ -8,7 +8,15 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from test_primitives_base import assert_refused, randn, seeds, shapes_2d, shapes_any, updates
+from test_primitives_base import (
+    assert_refused,
+    one_thread,  # noqa: F401 (autouse fixture)
+    randn,
+    seeds,
+    shapes_2d,
+    shapes_any,
+    updates,
+)
 
 from primitives import ClipRMS, Normalize
 

@@ -6,7 +6,12 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from test_primitives_base import assert_refused, seeds, updates
+from test_primitives_base import (
+    assert_refused,
+    one_thread,  # noqa: F401 (autouse fixture)
+    seeds,
+    updates,
+)
 from torch.optim._muon import _zeropower_via_newtonschulz
 
 from optispace import Optimizer

@@ -8,7 +8,13 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from test_primitives_base import randn, seeds, shapes_2d, updates
+from test_primitives_base import (
+    one_thread,  # noqa: F401 (autouse fixture)
+    randn,
+    seeds,
+    shapes_2d,
+    updates,
+)
 
 from primitives import RelativeStep, ShapeScale
 

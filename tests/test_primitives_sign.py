@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from test_primitives_base import randn, seeds, shapes_any, updates
+from test_primitives_base import (
+    one_thread,  # noqa: F401 (autouse fixture)
+    randn,
+    seeds,
+    shapes_any,
+    updates,
+)
 
 powers_of_two = st.integers(-20, 20).map(lambda k: 2.0**k)
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lion_pytorch import Lion
+from test_primitives_base import one_thread  # noqa: F401 (autouse fixture)
 from torch import nn
 
 from optispace import RECIPES, Optimizer
