@@ -103,10 +103,26 @@ class Momentum(Primitive):
 
     def apply_many(self, us: list[torch.Tensor], states: list[dict[str, torch.Tensor]],
                    ctxs: list[Context]) -> list[torch.Tensor]:
-        if self.kind != "ema" or self.nesterov:
-            return super().apply_many(us, states, ctxs)
+        """The same operations as :meth:`apply`, as ``torch._foreach_*`` over the group."""
         ms = [s["m"] for s in states]
+        if self.kind == "lion":
+            outs = torch._foreach_mul(ms, self.beta)
+            torch._foreach_add_(outs, us, alpha=1.0 - self.beta)
+            torch._foreach_mul_(ms, self.beta2)
+            torch._foreach_add_(ms, us, alpha=1.0 - self.beta2)
+            return outs
+        if self.kind == "heavy_ball":
+            if len({c.step == 1 for c in ctxs}) > 1:  # buffers starting while others run
+                return super().apply_many(us, states, ctxs)
+            if ctxs[0].step == 1:
+                torch._foreach_copy_(ms, us)
+            else:
+                torch._foreach_mul_(ms, self.beta)
+                torch._foreach_add_(ms, us, alpha=1.0 - self.dampening)
+            return torch._foreach_add(us, ms, alpha=self.beta) if self.nesterov else ms
         torch._foreach_lerp_(ms, us, 1.0 - self.beta)
+        if self.nesterov:
+            return torch._foreach_lerp(us, ms, self.beta)
         if self.bias_correction is False:
             return ms
         return [c.scaled(m, 1.0 / (1.0 - self.beta**c.step)) for m, c in zip(ms, ctxs, strict=True)]

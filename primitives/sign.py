@@ -18,3 +18,7 @@ class Sign(Primitive):
 
     def apply(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: Context) -> torch.Tensor:
         return torch.sign(u, out=ctx.buffer(u.shape, u.device))
+
+    def apply_many(self, us: list[torch.Tensor], states: list[dict[str, torch.Tensor]],
+                   ctxs: list[Context]) -> list[torch.Tensor]:
+        return torch._foreach_sign(us)
