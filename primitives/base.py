@@ -145,6 +145,12 @@ def check_arg(primitive: str, arg: str, value: Any, ok: bool, allowed: str) -> N
         raise ValueError(f"{primitive}: {arg}={value!r} is not allowed; {arg} must be {allowed}")
 
 
+def check_finite(primitive: str, arg: str, value: Any, *, positive: bool) -> None:
+    """The house check for a finite number, ``> 0`` when ``positive`` else ``>= 0``."""
+    ok = isinstance(value, float) and (value > 0.0 if positive else value >= 0.0) and value < math.inf
+    check_arg(primitive, arg, value, ok, f"a finite number {'>' if positive else '>='} 0")
+
+
 @dataclass(frozen=True)
 class Primitive:
     """Base class. Subclasses are ``@register``-ed frozen dataclasses that set ``name``.

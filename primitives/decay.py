@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
-from primitives.base import Context, Primitive, check_arg, register
-
-
-def _check_rate(primitive: str, value: float) -> None:
-    check_arg(primitive, "rate", value, isinstance(value, float) and 0.0 <= value < math.inf,
-              "a finite number >= 0")
+from primitives.base import Context, Primitive, check_finite, register
 
 
 @register
@@ -30,7 +24,7 @@ class WeightDecay(Primitive):
     rate: float = 0.01
 
     def validate(self) -> None:
-        _check_rate(self.name, self.rate)
+        check_finite(self.name, "rate", self.rate, positive=False)
 
     def apply(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: Context) -> torch.Tensor:
         if self.rate != 0.0:
@@ -59,7 +53,7 @@ class L2(Primitive):
     rate: float = 0.01
 
     def validate(self) -> None:
-        _check_rate(self.name, self.rate)
+        check_finite(self.name, "rate", self.rate, positive=False)
 
     def apply(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: Context) -> torch.Tensor:
         if self.rate == 0.0:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from primitives.base import Context, Primitive, check_arg, matrix_shape, register
+from primitives.base import Context, Primitive, check_finite, matrix_shape, register
 
 KINDS = ("rms", "row", "col")
 
@@ -34,10 +34,8 @@ class Normalize(Primitive):
     eps: float = 1e-8
 
     def validate(self) -> None:
-        check_arg(self.name, "target", self.target,
-                  isinstance(self.target, float) and 0.0 < self.target < math.inf, "a finite number > 0")
-        check_arg(self.name, "eps", self.eps, isinstance(self.eps, float) and 0.0 < self.eps < math.inf,
-                  "a finite number > 0")
+        check_finite(self.name, "target", self.target, positive=True)
+        check_finite(self.name, "eps", self.eps, positive=True)
 
     def apply(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: Context) -> torch.Tensor:
         if self.kind == "rms":
@@ -62,9 +60,7 @@ class ClipRMS(Primitive):
     threshold: float = 1.0
 
     def validate(self) -> None:
-        check_arg(self.name, "threshold", self.threshold,
-                  isinstance(self.threshold, float) and 0.0 < self.threshold < math.inf,
-                  "a finite number > 0")
+        check_finite(self.name, "threshold", self.threshold, positive=True)
 
     def apply(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: Context) -> torch.Tensor:
         # The same arithmetic as torch Adafactor: the norm in fp32, the rest in Python floats.

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from primitives.base import Context, Primitive, check_arg, register
+from primitives.base import Context, Primitive, check_arg, check_finite, register
 
 MUON_COEFFICIENTS = (3.4445, -4.775, 2.0315)
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -60,8 +60,7 @@ class Orthogonalize(Primitive):
                   isinstance(self.coefficients, tuple) and len(self.coefficients) == 3
                   and all(isinstance(v, float) and math.isfinite(v) for v in self.coefficients),
                   "three finite numbers (a, b, c)")
-        check_arg(n, "eps", self.eps, isinstance(self.eps, float) and 0.0 < self.eps < math.inf,
-                  "a finite number > 0")
+        check_finite(n, "eps", self.eps, positive=True)
 
     def check_shape(self, shape: tuple[int, ...]) -> None:
         check_arg(self.name, "parameter shape", tuple(shape), len(shape) == 2,

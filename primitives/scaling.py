@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from primitives.base import Context, Primitive, check_arg, matrix_shape, register
+from primitives.base import Context, Primitive, check_finite, matrix_shape, register
 
 RULES = ("original", "match_rms_adamw")
 
@@ -52,8 +52,7 @@ class RelativeStep(Primitive):
     eps: float = 1e-3
 
     def validate(self) -> None:
-        check_arg(self.name, "eps", self.eps, isinstance(self.eps, float) and 0.0 <= self.eps < math.inf,
-                  "a finite number >= 0")
+        check_finite(self.name, "eps", self.eps, positive=False)
 
     def apply(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: Context) -> torch.Tensor:
         p = ctx.param

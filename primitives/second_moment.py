@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from primitives.base import Context, Primitive, StateSpec, check_arg, matrix_shape, register
+from primitives.base import Context, Primitive, StateSpec, check_arg, check_finite, matrix_shape, register
 from primitives.momentum import check_beta
 
 SHAPES = ("full", "row", "col", "factored", "scalar")
@@ -75,8 +75,7 @@ class SecondMoment(Primitive):
                       "a number <= 0 (Adafactor: -0.8), or left out for a constant beta2")
             check_arg(n, "beta2", self.beta2, self.beta2 == _DEFAULT_BETA2,
                       "left out when beta2_decay is given (the schedule replaces it)")
-        check_arg(n, "eps", self.eps, isinstance(self.eps, float) and 0.0 <= self.eps < math.inf,
-                  "a finite number >= 0")
+        check_finite(n, "eps", self.eps, positive=False)
         if self.bias_correction == "row":
             check_arg(n, "bias_correction", "row", self.shape in ("full", "row", "factored"),
                       "step or none with shape=col or shape=scalar (they have no rows)")
