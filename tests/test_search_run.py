@@ -162,6 +162,21 @@ def test_a_diverged_trial_completes_with_the_penalty_and_its_reason(tmp_path: Pa
     assert len(finished(study)) == 8
 
 
+def test_a_pareto_search_records_loss_and_state_bytes_and_the_first_seed_curve(tmp_path: Path) -> None:
+    text = search_text().replace(
+        'pruner = "none"', 'pruner = "none"\nobjectives = ["val_loss", "state_bytes"]'
+    )
+    study = run(str(tmp_path / "s.journal"), 6, FakeTrainer(diverge_lr=1e-2), text=text)
+    assert study.directions == [optuna.study.StudyDirection.MINIMIZE] * 2
+    for trial in study.trials:
+        assert trial.values[1] == 32.0 and not trial.intermediate_values
+        if "failure" in trial.user_attrs:  # diverged at step 2: one evaluation recorded
+            assert trial.values[0] == PENALTY and [s for s, _ in trial.user_attrs["curve"]] == [1]
+        else:
+            loss0 = trial.user_attrs["seed_losses"][0]
+            assert trial.user_attrs["curve"] == [[s, pytest.approx(loss0 + 1.0 / s)] for s in (1, 2, 3, 4)]
+
+
 def test_a_crash_is_a_failed_trial_that_does_not_count(tmp_path: Path) -> None:
     study = run(str(tmp_path / "s.journal"), 8, FakeTrainer(crash_lr=1e-2))
     crashed = study.get_trials(states=(TrialState.FAIL,))

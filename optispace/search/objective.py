@@ -4,15 +4,16 @@ The value is the mean final validation loss over the seeds (and the optimizer st
 Pareto search). A configuration that diverges on any seed is a *result*, not an error: the trial
 completes with the study's penalty value, so the sampler learns that region is bad, and
 ``failure`` / ``failure_step`` say why and when. The pruner watches the first seed's validation
-curve (``trial.report(val_loss, step)``); later seeds run only for configurations that survived
-it, so their curves are not reported again at the same steps.
+curve (``trial.report(val_loss, step)``; the user attribute ``curve`` in a Pareto study, where
+Optuna has no intermediate values); later seeds run only for configurations that survived it,
+so their curves are not reported again at the same steps.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import optuna
@@ -97,8 +98,9 @@ class Objective:
         _record_configuration(trial, configuration, self.spec, self.worker)
         records: list[Record] = []
         last_step = [0]
+        pareto = len(self.spec.objectives) > 1
         for index, seed in enumerate(self.spec.seeds):
-            on_eval = _Reporter(trial, last_step, prune=index == 0)
+            on_eval = _Reporter(trial, last_step, first=index == 0, pareto=pareto)
             try:
                 record = self.trainer(train_config(self.spec, configuration, seed), on_eval)
             except optuna.TrialPruned:
@@ -128,15 +130,25 @@ class Objective:
 
 @dataclass
 class _Reporter:
-    """``on_eval`` of one seed: remembers the step; the first seed also reports and may prune."""
+    """``on_eval`` of one seed: remembers the step; the first seed also records its curve.
+
+    Single-objective: ``trial.report`` (and pruning). Optuna refuses ``report`` in a
+    multi-objective study, so there the curve is the user attribute ``curve``, ``[[step, loss]]``.
+    """
 
     trial: optuna.Trial
     last_step: list[int]
-    prune: bool
+    first: bool
+    pareto: bool
+    curve: list[list[float]] = field(default_factory=list)
 
     def __call__(self, step: int, tokens: int, val_loss: float) -> None:
         self.last_step[0] = step
-        if not self.prune or not math.isfinite(val_loss):
+        if not self.first or not math.isfinite(val_loss):
+            return
+        if self.pareto:
+            self.curve.append([step, val_loss])
+            self.trial.set_user_attr("curve", self.curve)
             return
         self.trial.report(val_loss, step)
         if self.trial.should_prune():
