@@ -154,7 +154,7 @@ class _Parser:
     def take(self, kind: str, value: str | None = None) -> tuple[str, Any, int]:
         tok = self.peek()
         if tok[0] != kind or (value is not None and tok[1] != value):
-            want = repr(value) if value else {"end": "the end of the text", "name": "a name"}[kind]
+            want = repr(value) if value else {"end": "the end of the text", "name": "a primitive name"}[kind]
             got = "the end of the text" if tok[0] == "end" else repr(tok[1])
             self.fail(tok[2], f"expected {want}, found {got}")
         self.i += 1

@@ -111,7 +111,7 @@ def test_equal_behaviour_is_one_chain() -> None:
     ("sign > momentum(1.5)", 8, ["momentum", "beta=1.5", "[0, 1)"]),
     ("momentum(0.9, 0.5)", 15, ["1 positional argument"]),
     ("momentum(0.9, beta=0.8)", 15, ["'beta' given twice"]),
-    ("", 1, ["expected a name"]),
+    ("", 1, ["expected a primitive name"]),
     ("identity > sign", 10, ["expected the end of the text, found '>'"]),
 ])
 def test_parse_errors_name_the_column(text: str, column: int, words: list[str]) -> None:
