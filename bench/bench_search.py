@@ -1,7 +1,8 @@
 """TPE vs random search on the quickstart space, and the compute pruning saves.
 
 Three arms, each run as a study per study seed (default 3 seeds), on ``searches/quickstart.toml``
-shrunk by the flags below (default: 12 trials of 150 steps, one training seed per configuration):
+shrunk by the flags below (default: 20 trials of 100 steps, one training seed per configuration;
+TPE starts with 10 random trials, seeded like the random arm, so the arms differ from trial 11 on):
 
 - ``tpe``: TPE with the median pruner, as the quickstart runs;
 - ``random``: random search with the same pruner (the anchor);
@@ -13,7 +14,7 @@ runs stop early; a diverged run stops where it diverged) with the fraction pruni
 the best values it reached. Compute is counted in steps, not seconds, so the ratio does not depend
 on the load of a shared machine. Default size: about 5 minutes on 2 shared CPU cores.
 
-    OMP_NUM_THREADS=2 .venv/bin/python bench/bench_search.py [--trials 12] [--steps 150] [--seeds 3]
+    OMP_NUM_THREADS=2 .venv/bin/python bench/bench_search.py [--trials 20] [--steps 100] [--seeds 3]
 """
 
 from __future__ import annotations
@@ -82,8 +83,8 @@ def run_arm(base: SearchSpec, sampler: str, pruner: str, args: argparse.Namespac
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=12, help="trials per study")
-    parser.add_argument("--steps", type=int, default=150, help="optimizer steps per run")
+    parser.add_argument("--trials", type=int, default=20, help="trials per study")
+    parser.add_argument("--steps", type=int, default=100, help="optimizer steps per run")
     parser.add_argument("--seeds", type=int, default=3, help="study seeds per arm")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -139,6 +139,12 @@ def test_a_study_ends_with_exactly_n_finished_trials_and_resumes(tmp_path: Path)
     }
 
 
+@pytest.mark.parametrize("sampler", ["tpe", "random", pytest.param("gp", marks=pytest.mark.slow), "nsga2"])
+def test_every_sampler_runs_past_its_random_start_to_exactly_n(sampler: str, tmp_path: Path) -> None:
+    study = run(str(tmp_path / "s.journal"), 11, text=search_text(sampler=sampler))
+    assert len(finished(study)) == 11 == len(study.trials)
+
+
 def test_beta1_is_sampled_only_with_a_momentum(tmp_path: Path) -> None:
     study = run(str(tmp_path / "s.journal"), 12)
     for trial in study.trials:

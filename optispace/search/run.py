@@ -79,7 +79,9 @@ def make_sampler(spec: SearchSpec, seed: int) -> optuna.samplers.BaseSampler:
         if spec.sampler == "grid":
             return _GridSampler(seed=seed)
         if spec.sampler == "gp":
-            return optuna.samplers.GPSampler(seed=seed)
+            # Conditional parameters (beta1 only with a momentum) fall back to random sampling
+            # by design; Optuna would warn about each of them.
+            return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
         return optuna.samplers.NSGAIISampler(seed=seed)
 
 
