@@ -5,6 +5,8 @@
 2. Composed ``ember`` vs composed ``adam`` on one 50304 x 768 table: step time ratio, and the bytes
    read and written by the tensor operations of one step (counted op by op).
 3. State bytes of ``ember`` vs ``adam`` on that table, exactly.
+4. Per-parameter overhead: composed ``adamw`` vs ``torch.optim.AdamW(foreach=True)`` on 200 tensors
+   of 8 x 8, where the step is Python and kernel launches, not arithmetic.
 
 Timings are per step, the minimum and the median over interleaved repeats (the anchor and the
 contender alternate, so drift on a shared machine hits both). Run on an idle machine, e.g.
@@ -142,6 +144,21 @@ def bench_table(device: torch.device, repeats: int) -> None:
           f"(exactly {state['ember']:,}/{state['adam']:,})")
 
 
+def bench_overhead(device: torch.device, repeats: int, steps: int = 20) -> None:
+    shapes = [(8, 8)] * 200
+    optimizers = {"composed": Optimizer(parameters(shapes, device), "adamw", lr=1e-3),
+                  "foreach": torch.optim.AdamW(parameters(shapes, device), lr=1e-3, foreach=True)}
+
+    def run(opt: torch.optim.Optimizer) -> Callable[[], None]:
+        return lambda: [opt.step() for _ in range(steps)]
+
+    stats = summary(time_steps({name: run(o) for name, o in optimizers.items()}, repeats, device))
+    per_tensor = {name: t[0] / steps / len(shapes) * 1e6 for name, t in stats.items()}
+    print(f"4. {len(shapes)} tensors of 8 x 8, {steps} steps a repeat; step time per tensor: "
+          f"composed {per_tensor['composed']:.1f} us, torch {per_tensor['foreach']:.1f} us")
+    report_ratio(f"{steps} steps, adamw vs AdamW(foreach=True)", stats, "composed", "foreach")
+
+
 def _table_chain(recipe: str) -> str:
     """The chain each recipe gives a token table."""
     from optispace import RECIPES
@@ -160,6 +177,7 @@ def main() -> None:
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     bench_adam(device, args.repeats)
     bench_table(device, args.repeats)
+    bench_overhead(device, args.repeats)
 
 
 if __name__ == "__main__":
