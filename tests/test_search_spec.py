@@ -104,6 +104,10 @@ MISTAKES = [
         ('chain = "momentum(0.9) > second_moment(full)"', 'normalization = ["orthogonalize"]'),
         r"t.toml:25: roles.vector.normalization: 'orthogonalize' cannot act on the vector role's 1-D",
     ),
+    (
+        ('chain = "momentum(0.9) > second_moment(full)"', 'chain = "orthogonalize"'),
+        r"t.toml:25: roles.vector.chain: cannot act on the vector role's 1-D tensors",
+    ),
     (("beta1 = 0.9", "beta1 = 1.0"), r"t.toml:21: roles.matrix.beta1: must be a number >= 0.0 and < 1.0"),
     (
         ('momentum = ["none", "ema"]', 'momentum = ["none"]'),

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from optispace.errors import UserError
-from optispace.search.families import FAMILIES, incompatible_choice, uses
+from optispace.search.families import FAMILIES, ROLE_SHAPES, incompatible_choice, uses
 from optispace.search.locate import key_lines, line_of
 
 ROLES = ("embed", "head", "matrix", "vector")
@@ -107,7 +107,6 @@ class _File:
     def __init__(self, path: str, text: str) -> None:
         self.path = path
         self.lines = key_lines(text)
-        self.last_line = max(1, len(text.splitlines()))
 
     def error(self, key: tuple[str, ...], problem: str) -> UserError:
         line = line_of(self.lines, key)
@@ -354,7 +353,7 @@ def _role(table: _Table) -> RoleSpace:
         table.done(("tie",))
         return RoleSpace(role=role, tie=tie)
     if "chain" in table.data:
-        chain = table.get("chain", _chain_text)
+        chain = table.get("chain", _chain_text(role))
         numbers = {"lr": _number(table, "lr")}
         table.done(("chain", "lr"))
         return RoleSpace(role=role, chain=chain, numbers=numbers)
@@ -375,17 +374,26 @@ def _role(table: _Table) -> RoleSpace:
     return RoleSpace(role=role, families=families, numbers=numbers)
 
 
-def _chain_text(value: Any) -> str | None:
-    problem = _string(value)
-    if problem:
-        return problem
-    from optispace.chain import parse_chain
+def _chain_text(role: str) -> Callable[[Any], str | None]:
+    """Chain text that parses and can act on ``role``'s tensors."""
 
-    try:
-        parse_chain(value)
-    except ValueError as e:
-        return f"not a valid chain: {e}"
-    return None
+    def check(value: Any) -> str | None:
+        problem = _string(value)
+        if problem:
+            return problem
+        from optispace.chain import parse_chain
+
+        try:
+            chain = parse_chain(value)
+        except ValueError as e:
+            return f"not a valid chain: {e}"
+        try:
+            chain.check_shape(ROLE_SHAPES[role])
+        except ValueError as e:
+            return f"cannot act on the {role} role's {len(ROLE_SHAPES[role])}-D tensors ({e})"
+        return None
+
+    return check
 
 
 def _choices(role: str, family: str, allowed: tuple[str, ...]) -> Callable[[Any], str | None]:
