@@ -118,6 +118,14 @@ MISTAKES = [
         ("tokens = 4096", "tokens = 4096\nsteps = 10"),
         r"t.toml:6: proxy: give the budget per trial as exactly one",
     ),
+    (
+        ("tokens = 4096", 'tokens = 4096\ndevice = "gpu"'),
+        r"t.toml:9: proxy.device: 'gpu' is not allowed; use auto,",
+    ),
+    (
+        ("tokens = 4096", 'tokens = 4096\ndata = "no/such/text"'),
+        r"t.toml:9: proxy.data: 'no/such/text' does not exist",
+    ),
     (('tier = "tiny"', 'tier = "huge"'), r"t.toml:7: proxy.tier: 'huge' is not allowed; choose one of tiny,"),
     (
         ("trials = 3", 'trials = 3\nsampler = "grid"'),

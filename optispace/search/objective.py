@@ -35,7 +35,6 @@ class Record(Protocol):
     state_bytes: dict[str, int]
     device: str
     corpus: dict[str, Any]
-    curve: list[dict[str, Any]]
 
 
 #: ``trainer(TrainConfig keyword arguments, on_eval) -> record``: the seam tests replace.

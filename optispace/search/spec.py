@@ -15,6 +15,7 @@ allowed. The layout (see ``searches/smoke.toml`` for a commented example)::
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -215,6 +216,19 @@ NUMBER_CHECKS: dict[str, Callable[[Any], str | None]] = {
 }
 
 
+def _device(value: Any) -> str | None:
+    if value in ("auto", "cpu") or (isinstance(value, str) and re.fullmatch(r"cuda(:\d+)?", value)):
+        return None
+    return f"{value!r} is not allowed; use auto, cpu, cuda or cuda:N"
+
+
+def _existing_path(value: Any) -> str | None:
+    problem = _string(value)
+    if problem is None and not Path(value).exists():
+        return f"{value!r} does not exist (a text file, a folder of them, or .bin token shards)"
+    return problem
+
+
 def _boolean(value: Any) -> str | None:
     return None if isinstance(value, bool) else f"must be true or false, not {value!r}"
 
@@ -305,7 +319,7 @@ def _proxy(table: _Table) -> ProxySpec:
         raise table.file.error(table.key, "give the budget per trial as exactly one of 'tokens' or 'steps'")
     spec = ProxySpec(
         tier=table.get("tier", _one_of(tuple(TIERS))),
-        data=table.get("data", _string, None),
+        data=table.get("data", _existing_path, None),
         tokens=tokens,
         steps=steps,
         eval_every=table.get("eval_every", _integer(1), 50),
@@ -313,7 +327,7 @@ def _proxy(table: _Table) -> ProxySpec:
         schedule=table.get("schedule", _one_of(SCHEDULES), "cosine"),
         warmup=float(table.get("warmup", _real(0.0, 1.0), 0.1)),
         grad_clip=float(table.get("grad_clip", _real(0.0), 1.0)),
-        device=table.get("device", _string, "auto"),
+        device=table.get("device", _device, "auto"),
         compile=table.get("compile", _boolean, False),
     )
     table.done()
