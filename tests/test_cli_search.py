@@ -137,23 +137,39 @@ def test_smoke_search_runs_the_tiny_proxy_and_resumes(storage: Path) -> None:
     assert study.user_attrs["question"].startswith("Does a study run")
 
 
-@pytest.mark.slow
-def test_sigterm_leaves_no_trial_running(storage: Path) -> None:
-    worker = search(
-        str(SMOKE), "--storage", str(storage), "--n-trials", "200"
-    )  # still running when signalled
+def interrupt_when_running(worker: subprocess.Popen, storage: Path, running: int) -> str:
+    """SIGTERM ``worker`` once ``running`` trials run; its exit code must be 130. Returns stderr."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert worker.poll() is None, worker.communicate()[1]
-        if storage.exists() and any(t.state == TrialState.RUNNING for t in _trials(storage)):
+        if storage.exists() and sum(t.state == TrialState.RUNNING for t in _trials(storage)) >= running:
             break
         time.sleep(0.05)
     worker.send_signal(signal.SIGTERM)
     _, err = worker.communicate(timeout=120)
     assert worker.returncode == 130, err
     assert "optispace search: interrupted" in err
+    return err
+
+
+@pytest.mark.slow
+def test_sigterm_leaves_no_trial_running(storage: Path) -> None:
+    worker = search(
+        str(SMOKE), "--storage", str(storage), "--n-trials", "200"
+    )  # still running when signalled
+    interrupt_when_running(worker, storage, running=1)
+    assert not [t for t in _trials(storage) if t.state == TrialState.RUNNING]
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_parent_of_two_workers_stops_both_cleanly(storage: Path) -> None:
+    worker = search(str(SMOKE), "--storage", str(storage), "--n-trials", "200", "--workers", "2")
+    interrupt_when_running(worker, storage, running=2)
     trials = _trials(storage)
     assert not [t for t in trials if t.state == TrialState.RUNNING]
+    interrupted = [t for t in trials if t.user_attrs.get("failure", "").startswith("interrupted: SIGTERM")]
+    # Each worker was mid-trial or between two; the trials they were running ended as interrupted.
+    assert interrupted and {t.user_attrs["worker"] for t in interrupted} <= {0, 1}
 
 
 def _trials(storage: Path) -> list[optuna.trial.FrozenTrial]:

@@ -42,6 +42,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 LIVE = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
 POLL_S = 1.0
 MAX_CONSECUTIVE_CRASHES = 5
+STOP_S = 60.0
 
 
 def worker_seed(study_seed: int, rank: int) -> int:
@@ -240,19 +241,19 @@ def _record_interrupt(study: optuna.Study, trial: optuna.Trial, error: KeyboardI
         return  # told already, or failed as stale by another worker
     if "failure" not in trial.user_attrs:
         trial.set_user_attr("failure", f"interrupted: {error or 'SIGINT'}")
-    if _tell(study, trial, TrialState.FAIL) == TrialState.FAIL:
+    if _tell(study, trial, TrialState.FAIL):  # else the worker that failed it queued it again
         _retry(study, trial)
 
 
 def _tell(
     study: optuna.Study, trial: optuna.Trial, state: TrialState, values: list[float] | None = None
-) -> TrialState:
-    """Tell the outcome; a trial already failed as stale by another worker stays as it is."""
+) -> bool:
+    """Tell the outcome; False when another worker had already failed the trial as stale."""
     try:
         study.tell(trial, values, state=state)
     except optuna.exceptions.UpdateFinishedTrialError:
-        return study._storage.get_trial(trial._trial_id).state
-    return state
+        return False
+    return True
 
 
 def work(
@@ -262,7 +263,7 @@ def work(
     n_trials: int,
     rank: int,
     trainer: Trainer = proxy_trainer,
-    on_trial: Callable[[optuna.Study], None] | None = None,
+    on_trial: Callable[[], None] | None = None,
 ) -> None:
     """One worker: run trials until the study has ``n_trials`` finished ones."""
     storage = open_storage(url)
@@ -284,7 +285,7 @@ def work(
             if crashes >= MAX_CONSECUTIVE_CRASHES:
                 raise UserError(f"{crashes} trials in a row failed; the last: {failure}")
             if on_trial is not None:
-                on_trial(study)
+                on_trial()
 
 
 def _worker_main(spec: SearchSpec, url: str, name: str, n_trials: int, rank: int, trainer: Trainer) -> None:
@@ -365,18 +366,21 @@ def _run_processes(
 
 
 def _stop(processes: list[multiprocessing.process.BaseProcess]) -> None:
-    """After Ctrl-C (which the workers got too) or SIGTERM: let each worker record its trial.
+    """After Ctrl-C or SIGTERM: SIGTERM to every worker, which records its trial as interrupted.
 
-    A worker still alive after a grace period gets SIGTERM, which ends its trial the same way.
+    (After Ctrl-C in a terminal the workers got SIGINT already; the second signal waits until
+    they have recorded the first.) A worker that has not exited after ``STOP_S`` is killed; the
+    trial it leaves RUNNING is failed and queued again by the next worker on this host.
     """
-    deadline = time.monotonic() + 10.0
-    for process in processes:
-        process.join(timeout=max(0.0, deadline - time.monotonic()))
     for process in processes:
         if process.is_alive():
             process.terminate()
+    deadline = time.monotonic() + STOP_S
     for process in processes:
-        process.join()
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join()
 
 
 def _best(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
@@ -408,7 +412,7 @@ class _Progress:
         )
         return self
 
-    def update(self, study: optuna.Study | None = None) -> None:
+    def update(self) -> None:
         finished = min(self.total, counts(self.study).finished)
         best = _best(self.study)
         if best is not None:
