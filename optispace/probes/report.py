@@ -22,6 +22,7 @@ import polars as pl
 from matplotlib.ticker import FuncFormatter
 
 from optispace.probes import compare
+from optispace.probes.tracking import bucket_order
 from optispace.report.figures import COLORS, new_figure, save_png
 from optispace.report.tables import markdown_table
 
@@ -37,17 +38,26 @@ def _ratio(value: float) -> str:
     return f"{value:.3g}x"
 
 
+def _colors(frame: pl.DataFrame) -> dict[str, str]:
+    """One colour per recipe, by sorted name, so a recipe has the same colour in every figure."""
+    return {recipe: COLORS[i % len(COLORS)] for i, recipe in enumerate(sorted(frame["recipe"].unique()))}
+
+
 def ray_figure(summary: pl.DataFrame, path: Path) -> Path:
     """Per table, median ray fit by frequency decade for each recipe, its null dashed in the same colour."""
     tables = summary["table"].unique(maintain_order=True).to_list()
+    buckets = bucket_order(b for b in summary["bucket"] if b != "all")
+    colors = _colors(summary)
     fig, axes = new_figure(1, len(tables), width=4.2 * len(tables), height=3.8)
     axes = axes if len(tables) > 1 else [axes]
     for ax, table in zip(axes, tables, strict=True):
         rows = summary.filter(pl.col("table") == table, pl.col("bucket") != "all")
-        for i, recipe in enumerate(rows["recipe"].unique(maintain_order=True)):
+        for recipe, color in colors.items():
             mine = rows.filter(pl.col("recipe") == recipe)
-            ax.plot(mine["bucket"], mine["ray_fit"], marker="o", color=COLORS[i], label=recipe)
-            ax.plot(mine["bucket"], mine["ray_fit_null"], linestyle="--", color=COLORS[i], alpha=0.7)
+            x = [buckets.index(b) for b in mine["bucket"]]
+            ax.plot(x, mine["ray_fit"], marker="o", color=color, label=recipe)
+            ax.plot(x, mine["ray_fit_null"], linestyle="--", color=color, alpha=0.7)
+        ax.set_xticks(range(len(buckets)), buckets)
         ax.set_title(f"{table}: ray fit (dashed: null)")
         ax.set_xlabel("times the token was seen")
         ax.set_ylabel("median ray fit")
@@ -64,10 +74,10 @@ def outlier_figure(outliers: pl.DataFrame, path: Path) -> Path:
     fig, axes = new_figure(1, len(tables), width=4.2 * len(tables), height=3.8)
     axes = axes if len(tables) > 1 else [axes]
     for ax, table in zip(axes, tables, strict=True):
-        for i, recipe in enumerate(batch["recipe"].unique(maintain_order=True)):
+        for recipe, color in _colors(batch).items():
             mine = per_step.filter(pl.col("recipe") == recipe, pl.col("table") == table)
-            ax.plot(mine["step"], mine["max"], color=COLORS[i], label=recipe)
-            ax.plot(mine["step"], mine["p99"], color=COLORS[i], linestyle="--", alpha=0.7)
+            ax.plot(mine["step"], mine["max"], color=color, label=recipe)
+            ax.plot(mine["step"], mine["p99"], color=color, linestyle="--", alpha=0.7)
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(_PLAIN)
         ax.yaxis.set_minor_formatter(_PLAIN)
@@ -81,20 +91,20 @@ def outlier_figure(outliers: pl.DataFrame, path: Path) -> Path:
 def autocorrelation_figure(summary: pl.DataFrame, path: Path) -> Path:
     """Grouped bars: per role, each recipe's mean lag-1 autocorrelation, the range over seeds as a bar."""
     roles = summary["role"].unique(maintain_order=True).to_list()
-    recipes = summary["recipe"].unique(maintain_order=True).to_list()
+    colors = _colors(summary)
     fig, ax = new_figure(width=6.5, height=3.8)
-    width = 0.8 / len(recipes)
-    for i, recipe in enumerate(recipes):
+    width = 0.8 / len(colors)
+    for i, (recipe, color) in enumerate(colors.items()):
         mine = summary.filter(pl.col("recipe") == recipe)
-        x = [roles.index(r) + (i - (len(recipes) - 1) / 2) * width for r in mine["role"]]
+        x = [roles.index(r) + (i - (len(colors) - 1) / 2) * width for r in mine["role"]]
         mean = mine["autocorrelation"].fill_null(float("nan"))
         low = (mean - mine["autocorrelation_min"]).fill_null(0.0)
         high = (mine["autocorrelation_max"] - mean).fill_null(0.0)
-        ax.bar(x, mean, width, color=COLORS[i], label=recipe, yerr=[low, high], capsize=2)
+        ax.bar(x, mean, width, color=color, label=recipe, yerr=[low, high], capsize=2)
     ax.set_xticks(range(len(roles)), roles)
     ax.axhline(0.0, color="black", linewidth=0.6)
     ax.set_ylabel("lag-1 autocorrelation of the gradient")
-    ax.legend(loc="upper right")
+    ax.legend(loc="upper left")
     return save_png(fig, path)
 
 
