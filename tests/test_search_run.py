@@ -244,7 +244,7 @@ from test_search_run import FakeTrainer, search_text
 from optispace.search.run import _worker_main
 from optispace.search.spec import parse_search_text
 _worker_main(parse_search_text(search_text(), "unit.toml"), sys.argv[1], "unit", int(sys.argv[2]), 0,
-             FakeTrainer(sleep_s=float(sys.argv[3])))
+             FakeTrainer(sleep_s=float(sys.argv[3])), threads=1)
 """
 
 

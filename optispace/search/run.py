@@ -18,6 +18,7 @@ A crash (an exception from training) is FAIL with ``failure = "crashed: ..."`` a
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
 import time
 import warnings
@@ -288,8 +289,18 @@ def work(
                 on_trial()
 
 
-def _worker_main(spec: SearchSpec, url: str, name: str, n_trials: int, rank: int, trainer: Trainer) -> None:
-    """Entry point of a worker process: errors become one line on stderr and exit code 2."""
+def _worker_main(
+    spec: SearchSpec, url: str, name: str, n_trials: int, rank: int, trainer: Trainer, threads: int
+) -> None:
+    """Entry point of a worker process: errors become one line on stderr and exit code 2.
+
+    Unless ``OMP_NUM_THREADS`` says otherwise, the worker computes on ``threads`` CPU threads (its
+    share of the cores): K workers each on every core would oversubscribe them many times over.
+    """
+    if "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        torch.set_num_threads(threads)
     try:
         work(spec, url, name, n_trials, rank, trainer)
     except UserError as e:
@@ -343,8 +354,9 @@ def _run_processes(
 ) -> None:
     """K worker processes; the parent polls the storage for the progress bar."""
     context = multiprocessing.get_context("spawn")
+    threads = max(1, (os.cpu_count() or 1) // len(ranks))
     processes = [
-        context.Process(target=_worker_main, args=(spec, url, name, n_trials, rank, trainer), daemon=False)
+        context.Process(target=_worker_main, args=(spec, url, name, n_trials, rank, trainer, threads))
         for rank in ranks
     ]
     for process in processes:
