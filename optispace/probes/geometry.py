@@ -96,7 +96,10 @@ def factored_error(moments: list[SecondMoments]) -> float | None:
 
 
 class GeometryProbe:
-    """Training callback: per role, on every ``every``-th step, the four measures above."""
+    """Training callback: per role, on every ``every``-th step, the four measures above.
+
+    ``value``: the lag-1 autocorrelation averaged over the sampled steps and the token tables.
+    """
 
     name = "geometry"
 

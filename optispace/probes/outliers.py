@@ -76,7 +76,11 @@ def phase_summary(series: list[dict], population: str) -> dict:
 
 
 class OutlierProbe:
-    """Training callback: per-row update-size ratios on ``embed`` and ``head`` every ``every`` steps."""
+    """Training callback: per-row update-size ratios on ``embed`` and ``head`` every ``every`` steps.
+
+    ``value``: the largest in-batch ratio on ``embed`` (``head`` when there is no embedding table) in the
+    late half of the run.
+    """
 
     name = "outliers"
 
