@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 
 from optispace.errors import UserError
 from optispace.proxies.train import RunRecord
+from optispace.search.interrupts import Interrupted, deferred, interrupts_raise
 from optispace.search.run import counts, run_search, worker_seed
 from optispace.search.spec import parse_search_text
 from optispace.search.storage import open_storage
@@ -300,17 +301,34 @@ def test_sigkill_mid_trial_then_resume_retries_it_and_ends_with_exactly_n(tmp_pa
     assert retried[0].state == TrialState.COMPLETE
 
 
+def test_an_interrupt_inside_a_deferred_block_is_raised_when_the_block_ends() -> None:
+    reached_end_of_block = False
+    with pytest.raises(Interrupted, match="SIGTERM"), interrupts_raise(), deferred():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler has run by now, and only noted the signal
+        reached_end_of_block = True
+    assert reached_end_of_block
+    with pytest.raises(Interrupted, match="SIGINT"), interrupts_raise():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1.0)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
 @pytest.mark.slow
-def test_sigterm_ends_the_running_trial_as_failed_and_queues_it_again(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_an_interrupt_ends_the_running_trial_as_failed_and_queues_it_again(
+    signum: int, tmp_path: Path
+) -> None:
     url = str(tmp_path / "s.journal")
     worker = start_worker(url, 6, sleep_s=5.0)
     interrupted = wait_for_running(url, worker)
-    worker.send_signal(signal.SIGTERM)
+    worker.send_signal(signum)
     assert wait_for_exit(worker) == 130
     study = load(url)
     assert not study.get_trials(states=(TrialState.RUNNING,))
     trial = study.trials[interrupted.number]
-    assert trial.state == TrialState.FAIL and trial.user_attrs["failure"].startswith("interrupted: SIGTERM")
+    name = signal.Signals(signum).name
+    assert trial.state == TrialState.FAIL and trial.user_attrs["failure"].startswith(f"interrupted: {name}")
     (waiting,) = study.get_trials(states=(TrialState.WAITING,))
     assert waiting.params == interrupted.params
     assert counts(run(url, 6)).finished == 6
