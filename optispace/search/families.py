@@ -14,6 +14,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from primitives.base import Primitive
+from primitives.second_moment import SHAPES as SECOND_MOMENT_SHAPES
 
 #: A representative parameter shape per role, for ``Primitive.check_shape``.
 ROLE_SHAPES: dict[str, tuple[int, ...]] = {
@@ -60,13 +61,11 @@ FAMILIES: dict[str, dict[str, Choice]] = {
         "heavy_ball": Choice("momentum(0.9, kind=heavy_ball)", {"beta1": "beta"}),
         "lion": Choice("momentum(0.9, kind=lion, beta2=0.99)", {"beta1": "beta"}),
     },
+    # Every shape of the primitive: full (Adam), row (Adam-mini), col, factored (Ember,
+    # Adafactor), scalar (Adalayer).
     "second_moment": {
         "none": Choice(None),
-        "full": Choice("second_moment(full)", {"beta2": "beta2"}),
-        "row": Choice("second_moment(row)", {"beta2": "beta2"}),
-        "col": Choice("second_moment(col)", {"beta2": "beta2"}),
-        "factored": Choice("second_moment(factored)", {"beta2": "beta2"}),
-        "scalar": Choice("second_moment(scalar)", {"beta2": "beta2"}),
+        **{shape: Choice(f"second_moment({shape})", {"beta2": "beta2"}) for shape in SECOND_MOMENT_SHAPES},
     },
     "normalization": {
         "none": Choice(None),
