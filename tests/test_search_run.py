@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from optispace.errors import UserError
 from optispace.proxies.train import RunRecord
 from optispace.search.interrupts import Interrupted, deferred, interrupts_raise
-from optispace.search.run import counts, run_search, worker_seed
+from optispace.search.run import counts, cpu_threads, run_search, worker_seed
 from optispace.search.spec import parse_search_text
 from optispace.search.storage import open_storage
 
@@ -221,6 +221,18 @@ def test_the_grid_sampler_enumerates_every_configuration_once(tmp_path: Path) ->
     assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 8
     with pytest.raises(UserError, match="has 8 configurations; ask for at most 8 trials"):
         run(str(tmp_path / "t.journal"), 9, text=text)
+
+
+def test_cpu_threads_are_the_search_files_or_the_cores_shared_among_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spec = parse_search_text(search_text(), "unit.toml")
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert (cpu_threads(spec, 1), cpu_threads(spec, 4), cpu_threads(spec, 32)) == (None, 4, 1)
+    pinned = parse_search_text(
+        search_text().replace("eval_every = 1", "eval_every = 1\nthreads = 3"), "unit.toml"
+    )
+    assert (cpu_threads(pinned, 1), cpu_threads(pinned, 4)) == (3, 3)
 
 
 def test_worker_seeds_differ_by_rank_and_are_reproducible() -> None:

@@ -265,8 +265,10 @@ def work(
     rank: int,
     trainer: Trainer = proxy_trainer,
     on_trial: Callable[[], None] | None = None,
+    threads: int | None = None,
 ) -> None:
     """One worker: run trials until the study has ``n_trials`` finished ones."""
+    _use_threads(threads)
     storage = open_storage(url)
     study = open_study(spec, storage, name, worker_seed(spec.seed, rank))
     objective = Objective(spec, trainer, worker=rank)
@@ -290,24 +292,35 @@ def work(
 
 
 def _worker_main(
-    spec: SearchSpec, url: str, name: str, n_trials: int, rank: int, trainer: Trainer, threads: int
+    spec: SearchSpec, url: str, name: str, n_trials: int, rank: int, trainer: Trainer, threads: int | None
 ) -> None:
-    """Entry point of a worker process: errors become one line on stderr and exit code 2.
-
-    Unless ``OMP_NUM_THREADS`` says otherwise, the worker computes on ``threads`` CPU threads (its
-    share of the cores): K workers each on every core would oversubscribe them many times over.
-    """
-    if "OMP_NUM_THREADS" not in os.environ:
-        import torch
-
-        torch.set_num_threads(threads)
+    """Entry point of a worker process: errors become one line on stderr and exit code 2."""
     try:
-        work(spec, url, name, n_trials, rank, trainer)
+        work(spec, url, name, n_trials, rank, trainer, threads=threads)
     except UserError as e:
         print(f"optispace search (worker {rank}): error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def cpu_threads(spec: SearchSpec, workers: int) -> int | None:
+    """CPU threads per worker: the search file's ``threads``, else the cores shared among workers.
+
+    ``None`` (one worker, nothing asked): torch's default. K workers each on every core would
+    oversubscribe the cores K times, and small proxies run slower on several threads than on one.
+    """
+    if spec.proxy.threads is not None:
+        return spec.proxy.threads
+    return max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
+
+
+def _use_threads(threads: int | None) -> None:
+    """``torch.set_num_threads(threads)``, unless ``OMP_NUM_THREADS`` already decided it."""
+    if threads is not None and "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)
@@ -343,7 +356,7 @@ def run_search(
     study = open_study(spec, storage, name, worker_seed(spec.seed, rank_offset))
     with _Progress(study, n_trials, enabled=progress) as bar:
         if workers == 1:
-            work(spec, url, name, n_trials, rank_offset, trainer, on_trial=bar.update)
+            work(spec, url, name, n_trials, rank_offset, trainer, bar.update, cpu_threads(spec, 1))
         else:
             _run_processes(spec, url, name, n_trials, range(rank_offset, rank_offset + workers), trainer, bar)
     return Summary(name, counts(study), _best(study))
@@ -354,7 +367,7 @@ def _run_processes(
 ) -> None:
     """K worker processes; the parent polls the storage for the progress bar."""
     context = multiprocessing.get_context("spawn")
-    threads = max(1, (os.cpu_count() or 1) // len(ranks))
+    threads = cpu_threads(spec, len(ranks))
     processes = [
         context.Process(target=_worker_main, args=(spec, url, name, n_trials, rank, trainer, threads))
         for rank in ranks

@@ -6,7 +6,7 @@ allowed. The layout (see ``searches/smoke.toml`` for a commented example)::
 
     [study]   name, question, tolerance, seed, trials, seeds, objectives, sampler, pruner, penalty
     [proxy]   tier, data, tokens | steps, eval_every, eval_batches, schedule, warmup, grad_clip,
-              device, compile
+              device, compile, threads (CPU threads per worker; default: the cores shared out)
     [roles.<role>]  one of: chain = "text" | tie = "<role>" | <family> = [choices, ...]
                     and lr, beta1, beta2, weight_decay: a number (fixed), [low, high] (a range;
                     log-uniform for lr) or {values = [...]} (a choice among numbers)
@@ -77,6 +77,7 @@ class ProxySpec:
     grad_clip: float
     device: str
     compile: bool
+    threads: int | None
 
 
 @dataclass(frozen=True)
@@ -329,6 +330,7 @@ def _proxy(table: _Table) -> ProxySpec:
         grad_clip=float(table.get("grad_clip", _real(0.0), 1.0)),
         device=table.get("device", _device, "auto"),
         compile=table.get("compile", _boolean, False),
+        threads=table.get("threads", _integer(1), None),
     )
     table.done()
     return spec
