@@ -1,8 +1,11 @@
 """``optispace probe``: a tiny end-to-end comparison, the rebuild, and bad input."""
 
+from types import SimpleNamespace
+
 import pytest
 
 from optispace.cli import main
+from optispace.probes.report import read_runs
 
 TINY = ["--proxy", "tiny", "--data", "zipf:n=20000", "--tokens", str(25 * 8 * 32)]
 
@@ -36,3 +39,25 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, message):
     assert main(["probe", "--out", str(tmp_path / "r"), *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"optispace probe: error: {message}") and err.count("\n") == 1
+
+
+def test_an_interrupted_comparison_keeps_the_runs_done(tmp_path, monkeypatch):
+    import optispace.proxies
+
+    calls = []
+
+    def train(cfg, progress):
+        calls.append(cfg.recipe)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return SimpleNamespace(final_val_loss=5.0, diverged=None, tokens_per_s=10.0, probes={})
+
+    monkeypatch.setattr(optispace.proxies, "train", train)
+    out = tmp_path / "report"
+    assert main(["probe", "--recipes", "adamw,ember", "--seeds", "1", *TINY, "--out", str(out)]) == 130
+    assert calls == ["adamw", "ember"]
+    header, runs = read_runs(out)
+    assert header.startswith("# Unfinished: 2 runs asked for by `optispace probe --recipes adamw,ember")
+    assert [(r["recipe"], r["final_val_loss"]) for r in runs] == [("adamw", 5.0)]
+    assert main(["probe", "--rebuild", "--out", str(out)]) == 0
+    assert (out / "README.md").read_text().startswith("# Unfinished")
