@@ -15,7 +15,7 @@ the best values it reached. Compute is counted in steps, not seconds, so the rat
 on the load of a shared machine. Default size: 278 s wall (123 s of CPU) measured on 2 CPU cores
 shared with other jobs.
 
-    OMP_NUM_THREADS=2 .venv/bin/python bench/bench_search.py [--trials 20] [--steps 100] [--seeds 3]
+    .venv/bin/python bench/bench_search.py [--trials 20] [--steps 100] [--seeds 3]
 """
 
 from __future__ import annotations

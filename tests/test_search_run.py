@@ -290,9 +290,9 @@ def wait_for_running(
             running = load(url).get_trials(states=(TrialState.RUNNING,))
         except KeyError:  # the study is not created yet
             running = []
-        # "worker" is the last attribute written before training: the kill lands in the trainer,
+        # "seeds" is the last attribute written before training: the kill lands in the trainer,
         # not inside a journal write (which would hold Optuna's file lock for its grace period).
-        if running and "worker" in running[0].user_attrs:
+        if running and "seeds" in running[0].user_attrs:
             return running[0]
         time.sleep(0.1)
     raise AssertionError("no trial started running in time")

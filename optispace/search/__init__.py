@@ -1,10 +1,10 @@
 """Searches: Optuna studies over the optimizer space, defined by TOML files in ``searches/``.
 
-    spec.py        search file -> validated SearchSpec (errors name the key and its line)
-    families.py    the primitive families a file chooses from, and their chain text
-    space.py       define-by-run sampling of a configuration (a chain and numbers per role)
-    objective.py   one trial: train the proxy on each seed, record what the report reads
-    storage.py     journal file by default, any Optuna RDB URL; heartbeats and orphan detection
-    run.py         create or resume a study; workers until exactly N trials have finished
-    interrupts.py  SIGINT / SIGTERM as one exception, held back during storage writes
+spec.py        search file -> validated SearchSpec (errors name the key and its line)
+families.py    the primitive families a file chooses from, and their chain text
+space.py       define-by-run sampling of a configuration (a chain and numbers per role)
+objective.py   one trial: train the proxy on each seed, record what the report reads
+storage.py     journal file by default, any Optuna RDB URL; heartbeats and orphan detection
+run.py         create or resume a study; workers until exactly N trials have finished
+interrupts.py  SIGINT / SIGTERM as one exception, held back during storage writes
 """

@@ -86,15 +86,14 @@ def tokens_per_step(spec: SearchSpec) -> int:
 
 @dataclass
 class Objective:
-    """The define-by-run objective of a study; ``worker`` is recorded on every trial."""
+    """The define-by-run objective of a study."""
 
     spec: SearchSpec
     trainer: Trainer = proxy_trainer
-    worker: int = 0
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
         configuration = sample(trial, self.spec.roles)
-        _record_configuration(trial, configuration, self.spec, self.worker)
+        _record_configuration(trial, configuration, self.spec)
         records: list[Record] = []
         last_step = [0]
         pareto = len(self.spec.objectives) > 1
@@ -161,9 +160,7 @@ def _describe(error: BaseException) -> str:
     return f"crashed: {type(error).__name__}: {error}"
 
 
-def _record_configuration(
-    trial: optuna.Trial, configuration: Configuration, spec: SearchSpec, worker: int
-) -> None:
+def _record_configuration(trial: optuna.Trial, configuration: Configuration, spec: SearchSpec) -> None:
     for role, draw in configuration.draws.items():
         trial.set_user_attr(f"chain.{role}", draw.structure)
         trial.set_user_attr(f"lr.{role}", draw.lr)
@@ -171,7 +168,6 @@ def _record_configuration(
     trial.set_user_attr("structure", configuration.structure)
     trial.set_user_attr("hp", configuration.hp)
     trial.set_user_attr("seeds", list(spec.seeds))
-    trial.set_user_attr("worker", worker)
 
 
 def _record_run(trial: optuna.Trial, records: list[Record], losses: list[float | None]) -> None:

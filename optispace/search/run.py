@@ -196,8 +196,10 @@ def _retry(study: optuna.Study, trial: optuna.Trial) -> None:
         )
 
 
-def next_trial(study: optuna.Study, objective: Objective, n_trials: int) -> optuna.trial.FrozenTrial:
-    """Ask for a trial and run it to a final state (or withdraw it as surplus).
+def next_trial(
+    study: optuna.Study, objective: Objective, n_trials: int, rank: int
+) -> optuna.trial.FrozenTrial:
+    """Ask for a trial and run it to a final state (or withdraw it as surplus); ``rank`` is recorded.
 
     Storage writes are :func:`deferred`; an interrupt anywhere after ``ask`` ends the trial as FAIL
     with ``failure = "interrupted: <signal>"``, queues its configuration again, and is re-raised.
@@ -207,6 +209,7 @@ def next_trial(study: optuna.Study, objective: Objective, n_trials: int) -> optu
         with deferred():
             trial = _ask(study)
             claim(trial._trial_id, study._storage)
+            trial.set_user_attr("worker", rank)
             if _surplus(study, trial, n_trials):
                 trial.set_user_attr("failure", "surplus: the study already had enough trials")
                 _tell(study, trial, TrialState.FAIL)
@@ -271,7 +274,7 @@ def work(
     _use_threads(threads)
     storage = open_storage(url)
     study = open_study(spec, storage, name, worker_seed(spec.seed, rank))
-    objective = Objective(spec, trainer, worker=rank)
+    objective = Objective(spec, trainer)
     crashes = 0
     with interrupts_raise():
         while True:
@@ -282,7 +285,7 @@ def work(
             if now.by_state[TrialState.WAITING] == 0 and now.live >= n_trials:
                 time.sleep(POLL_S)  # enough trials run; wait in case one of them fails
                 continue
-            trial = next_trial(study, objective, n_trials)
+            trial = next_trial(study, objective, n_trials, rank)
             failure = trial.user_attrs.get("failure", "")
             crashes = crashes + 1 if failure.startswith("crashed") else 0
             if crashes >= MAX_CONSECUTIVE_CRASHES:
