@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from optispace.errors import UserError
 from optispace.proxies.train import RunRecord
 from optispace.search.interrupts import Interrupted, deferred, interrupts_raise
-from optispace.search.run import counts, cpu_threads, run_search, worker_seed
+from optispace.search.run import _surplus, counts, cpu_threads, run_search, worker_seed
 from optispace.search.spec import parse_search_text
 from optispace.search.storage import open_storage
 
@@ -233,6 +233,20 @@ def test_cpu_threads_are_the_search_files_or_the_cores_shared_among_workers(
         search_text().replace("eval_every = 1", "eval_every = 1\nthreads = 3"), "unit.toml"
     )
     assert (cpu_threads(pinned, 1), cpu_threads(pinned, 4)) == (3, 3)
+
+
+def test_a_trial_is_surplus_when_n_live_trials_are_numbered_below_it(tmp_path: Path) -> None:
+    storage = open_storage(str(tmp_path / "s.journal"))
+    study = optuna.create_study(storage=storage)
+    first, second = study.ask(), study.ask()
+    study.tell(first, 1.0)
+    study.enqueue_trial({})  # number 2, queued: a retry some worker will run, so it counts
+    # Another worker's new trial, created as if it had not seen the queued one.
+    third = storage.get_trial(storage.create_new_trial(study._study_id))
+    assert [_surplus(study, t, 3) for t in (first, second, third)] == [False, False, True]
+    assert not _surplus(study, third, 4)
+    study.tell(second, state=TrialState.FAIL)  # failed trials do not count
+    assert not _surplus(study, third, 3)
 
 
 def test_worker_seeds_differ_by_rank_and_are_reproducible() -> None:
