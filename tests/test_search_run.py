@@ -24,9 +24,10 @@ from optuna.trial import TrialState
 from optispace.errors import UserError
 from optispace.proxies.train import RunRecord
 from optispace.search.interrupts import Interrupted, deferred, interrupts_raise
-from optispace.search.run import _surplus, counts, cpu_threads, run_search, worker_seed
+from optispace.search.run import _surplus, counts, cpu_threads, run_search
 from optispace.search.spec import parse_search_text
 from optispace.search.storage import open_storage
+from optispace.search.study import worker_seed
 
 PENALTY = 20.0
 
