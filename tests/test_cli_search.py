@@ -124,6 +124,9 @@ def test_smoke_search_runs_the_tiny_proxy_and_resumes(storage: Path) -> None:
     done = search(str(SMOKE), "--storage", str(storage), "--n-trials", "4")
     out, err = done.communicate(timeout=300)
     assert done.returncode == 0, err
+    done = search(str(SMOKE), "--storage", str(storage), "--n-trials", "2")
+    _, err = done.communicate(timeout=300)
+    assert done.returncode == 0 and "already had more than 2 finished trials; none were run" in err
     study = load(storage)
     assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 4
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))

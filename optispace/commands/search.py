@@ -56,6 +56,11 @@ def run(args: argparse.Namespace) -> int:
         rank_offset=args.rank_offset,
         progress=not args.no_progress,
     )
+    wanted = args.n_trials or spec.trials
+    if summary.counts.finished > wanted:
+        print(
+            f"note: the study already had more than {wanted} finished trials; none were run", file=sys.stderr
+        )
     by_state = summary.counts.by_state
     states = ", ".join(
         f"{n} {s.name.lower()}" for s, n in sorted(by_state.items(), key=lambda kv: kv[0].name)
