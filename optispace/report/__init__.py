@@ -1,0 +1,5 @@
+"""Reports: a study's trials -> polars frames -> Markdown tables, PNG figures and Parquet."""
+
+from optispace.report.write import Report, build_report, write_report
+
+__all__ = ["Report", "build_report", "write_report"]
