@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: quickstart test lint bench
+.PHONY: quickstart test bench
 
 $(BIN)/optispace: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,5 +23,7 @@ test: $(BIN)/optispace
 	$(BIN)/ruff check optispace primitives tests bench
 	$(BIN)/pytest
 
+# Each benchmark prints ratios against an anchor measured in the same run (see README).
+BENCHES := bench_optimizer bench_train bench_report bench_probes bench_search
 bench: $(BIN)/optispace
-	$(BIN)/python bench/run_all.py
+	for b in $(BENCHES); do OMP_NUM_THREADS=1 $(BIN)/python bench/$$b.py || exit 1; done
