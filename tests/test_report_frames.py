@@ -142,3 +142,19 @@ def test_a_pareto_trial_curve_comes_from_its_curve_attribute():
     trial.user_attrs["curve"] = [[16, 5.0], [32, 4.5]]
     curves = frames.curves_frame([trial])
     assert curves.select("step", "tokens", "val_loss").rows() == [(16, 16 * 1024, 5.0), (32, 32 * 1024, 4.5)]
+
+
+def test_probe_values_become_float_columns_whichever_trial_records_them_first():
+    plain, ray_only, both = (known_trial("adam", lr) for lr in (1e-3, 3e-3, 1e-2))
+    ray_only.user_attrs.update({"probe.ray": 0.25, "probes": {"ray": {"value": 0.25}}})
+    both.user_attrs.update({"probe.ray": None, "probe.geometry": 1, "probes": {"geometry": {"value": 1}}})
+    frame = frames.trials_frame([plain, ray_only, both])
+    assert frame.schema["probe.geometry"] == pl.Float64 and frame.schema["probe.ray"] == pl.Float64
+    assert frame["probe.ray"].to_list() == [None, 0.25, None]
+    assert frame["probe.geometry"].to_list() == [None, None, 1.0]
+    assert frame["probes"].to_list() == [None, '{"ray": {"value": 0.25}}', '{"geometry": {"value": 1}}']
+    assert frames.probe_names(frame.columns) == ["geometry", "ray"]
+
+
+def test_a_study_without_probes_has_no_probe_columns(trials):
+    assert not [c for c in trials.columns if c.startswith("probe")]

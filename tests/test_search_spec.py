@@ -54,7 +54,7 @@ def test_every_search_file_in_the_repository_is_valid(path: Path) -> None:
 def test_a_valid_file_becomes_its_spec() -> None:
     spec = parse_search_text(VALID)
     assert (spec.name, spec.trials, spec.seeds, spec.sampler, spec.pruner) == ("t", 3, (0,), "tpe", "median")
-    assert spec.proxy.tokens == 4096 and spec.proxy.steps is None
+    assert spec.proxy.tokens == 4096 and spec.proxy.steps is None and spec.proxy.probes == ()
     matrix = spec.roles["matrix"]
     assert matrix.families == {"momentum": ("none", "ema"), "normalization": ("sign", "orthogonalize")}
     assert matrix.numbers == {
@@ -66,6 +66,11 @@ def test_a_valid_file_becomes_its_spec() -> None:
     assert spec.roles["head"].tie == "embed"
     assert spec.roles["vector"].chain == "momentum(0.9) > second_moment(full)"
     assert spec.raw["roles"]["head"] == {"tie": "embed"}
+
+
+def test_probes_are_read_in_the_order_given() -> None:
+    spec = parse_search_text(VALID.replace("tokens = 4096", 'tokens = 4096\nprobes = ["outliers", "ray"]'))
+    assert spec.proxy.probes == ("outliers", "ray")
 
 
 def test_pareto_searches_default_to_no_pruner() -> None:
@@ -137,6 +142,18 @@ MISTAKES = [
     ),
     (('[roles.head]\ntie = "embed"\n', ""), r"t.toml:10: roles: missing table \[roles.head\]"),
     (("lr = 3e-3", "lr = -3e-3"), r"t.toml:26: roles.vector.lr: must be a number > 0.0, not -0.003"),
+    (
+        ("tokens = 4096", 'tokens = 4096\nprobes = ["ray", "raytrace"]'),
+        r"t.toml:9: proxy.probes: unknown probe 'raytrace'; known probes: ray, geometry, outliers$",
+    ),
+    (
+        ("tokens = 4096", 'tokens = 4096\nprobes = ["ray", "ray"]'),
+        r"t.toml:9: proxy.probes: has a repeated probe",
+    ),
+    (
+        ("tokens = 4096", 'tokens = 4096\nprobes = "ray"'),
+        r"t.toml:9: proxy.probes: must be an array of probe names from ray,",
+    ),
 ]
 
 

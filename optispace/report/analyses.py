@@ -25,7 +25,7 @@ import polars as pl
 from optuna.importance import PedAnovaImportanceEvaluator
 from optuna.trial import TrialState
 
-from optispace.report.frames import PARAM_PREFIX, role_sort_key
+from optispace.report.frames import PARAM_PREFIX, PROBE_PREFIX, probe_names, role_sort_key
 
 # PED-ANOVA compares the top quantile of trials with the rest; below this many finished trials
 # the top quantile holds too few trials for the comparison to mean anything.
@@ -46,19 +46,23 @@ def structures(trials: pl.DataFrame) -> pl.DataFrame:
     ``best_loss`` = min over the structure's finished, non-diverged trials of the mean val loss over
     seeds; ``seed_sd`` = sample standard deviation (ddof 1) of the best trial's per-seed losses;
     ``divergence_rate`` = diverged / (finished + diverged). ``rank`` orders by best loss (structures
-    with no finished trial last, by text) and ``label`` is ``S<rank>``.
+    with no finished trial last, by text) and ``label`` is ``S<rank>``. When trials recorded probes,
+    ``probe.<name>`` = mean of that probe's finite values over the structure's finished trials.
     """
     roles = chain_roles(trials)
+    probes = [PROBE_PREFIX + name for name in probe_names(trials.columns)]
+    finished = pl.col("val_loss").is_not_null()
     named = trials.filter(pl.col("structure").is_not_null()).sort("number")
     counts = named.group_by("structure").agg(
         n_trials=pl.len(),
-        n_finished=pl.col("val_loss").is_not_null().sum(),
+        n_finished=finished.sum(),
         n_diverged=pl.col("diverged").sum(),
         n_pruned=(pl.col("state") == "PRUNED").sum(),
         n_failed=(pl.col("state") == "FAIL").sum(),
         n_running=pl.col("state").is_in(["RUNNING", "WAITING"]).sum(),
         state_bytes=pl.col("state_bytes").drop_nulls().first(),
         **{f"chain.{r}": pl.col(f"chain.{r}").drop_nulls().first() for r in roles},
+        **{p: pl.col(p).filter(finished & pl.col(p).is_finite()).mean() for p in probes},
     )
     best = (
         named.filter(pl.col("val_loss").is_not_null())

@@ -6,7 +6,8 @@ a parameter sampled only under some choices (a conditional parameter) is null wh
 Column types come from a schema built over all trials, never from the first one, so a
 parameter or attribute that first appears late is kept.
 
-- ``trials_frame``: one row per trial, sorted by trial number.
+- ``trials_frame``: one row per trial, sorted by trial number; ``probe.<name>`` columns (and
+  ``probes``, their results as JSON) only when some trial recorded probes.
 - ``curves_frame``: one row per evaluation (trial, step, tokens, val loss).
 - ``params_frame``: one row per sampled parameter: its role, family and distribution.
 
@@ -30,6 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optispace.roles import ROLES
 
 PARAM_PREFIX = "param."
+PROBE_PREFIX = "probe."
 
 # Per-role attribute families: user attr "<family>.<role>" -> column "<family>.<role>".
 _ROLE_ATTRS: dict[str, pl.DataType] = {
@@ -105,6 +107,7 @@ def trials_frame(trials: Sequence[FrozenTrial]) -> pl.DataFrame:
     for name in ("tokens_per_s", "wall_time_s", "tokens_per_step", "device", "corpus_fingerprint", "worker"):
         columns[name] = attr(name, _SCALAR_ATTRS[name])
     columns["hp"] = pl.Series([_json_or_none(t.user_attrs.get("hp")) for t in trials], dtype=pl.String)
+    columns.update(_probe_columns(trials, attr))
     columns.update(_param_columns(trials))
     return pl.DataFrame(columns)
 
@@ -205,6 +208,24 @@ def _param_columns(trials: Sequence[FrozenTrial]) -> dict[str, pl.Series]:
             columns[PARAM_PREFIX + name] = pl.Series(labels, dtype=pl.String)
         else:
             columns[PARAM_PREFIX + name] = _numeric_series(raw)
+    return columns
+
+
+def probe_names(columns: Iterable[str]) -> list[str]:
+    """The probes with a ``probe.<name>`` column among ``columns``, by name."""
+    return sorted(c.removeprefix(PROBE_PREFIX) for c in columns if c.startswith(PROBE_PREFIX))
+
+
+def _probe_columns(
+    trials: Sequence[FrozenTrial], attr: Callable[[str, pl.DataType], pl.Series]
+) -> dict[str, pl.Series]:
+    """``probe.<name>`` (Float64) for every probe any trial recorded, then ``probes`` (JSON text)."""
+    names = probe_names({key for t in trials for key in t.user_attrs})
+    if not names:
+        return {}
+    columns = {PROBE_PREFIX + name: attr(PROBE_PREFIX + name, pl.Float64()) for name in names}
+    results = [_json_or_none(t.user_attrs.get("probes")) for t in trials]
+    columns["probes"] = pl.Series(results, dtype=pl.String)
     return columns
 
 

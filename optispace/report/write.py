@@ -51,6 +51,11 @@ class Report:
     def roles(self) -> list[str]:
         return analyses.chain_roles(self.trials)
 
+    @property
+    def probes(self) -> list[str]:
+        """The probes the trials recorded (``probe.<name>`` columns), by name."""
+        return frames.probe_names(self.trials.columns)
+
 
 def build_report(study: optuna.Study, tolerance: float | None = None) -> Report:
     """Read ``study`` and run every analysis; ``tolerance`` overrides the study's."""
@@ -199,6 +204,8 @@ def _table(frame: pl.DataFrame) -> str:
             headers[column], formats[column] = f"{role} chain", code
         elif family == "lr" and role:
             headers[column], formats[column] = f"lr {role}", fmt_lr
+        elif family == "probe" and role:
+            headers[column], formats[column] = f"{role} probe", "{:.3g}".format
     return markdown_table(frame, formats=formats, headers=headers)
 
 
@@ -366,14 +373,23 @@ def _structures_section(r: Report) -> str:
         "n_seeds",
         "seed_sd",
         "state_bytes",
+        *[frames.PROBE_PREFIX + name for name in r.probes],
         *[f"chain.{role}" for role in r.roles],
     )
     more = f"\n{len(s) - TOP_TABLE} more structures are in `trials.parquet`.\n" if len(s) > TOP_TABLE else ""
+    probes = (
+        " A *probe* column is the mean, over the structure's finished trials, of that probe's summary "
+        "value on the first seed (see `optispace.probes`)."
+        if r.probes
+        else ""
+    )
     return (
         "## Structures\n\n"
         "The best val loss of each structure over its tuned hyperparameters (mean over seeds), its "
         "difference to S1 (paired over shared seeds) with its standard error, and its trials. The "
-        "best of many trials is biased low, so weigh a structure's loss with its number of trials.\n\n"
+        "best of many trials is biased low, so weigh a structure's loss with its number of trials."
+        + probes
+        + "\n\n"
         + _table(table)
         + more
     )
@@ -516,7 +532,9 @@ def _files_section(r: Report) -> str:
         "## Files\n\n"
         f"- `trials.parquet`: one row per trial ({len(r.trials)} rows): state, failure, chains, lrs, "
         "every sampled parameter (`param.<name>`), objective values, state bytes per role, seeds and "
-        "per-seed losses, tokens/s, wall time, device, corpus fingerprint.\n"
+        "per-seed losses, tokens/s, wall time, device, corpus fingerprint"
+        + (", each probe's value (`probe.<name>`) and results (`probes`, JSON)" if r.probes else "")
+        + ".\n"
         f"- `curves.parquet`: one row per reported evaluation ({len(r.curves)} rows): trial number, "
         "step, tokens, val loss.\n"
         "- Regenerate with `optispace report --study "

@@ -7,10 +7,15 @@ completes with the study's penalty value, so the sampler learns that region is b
 curve (``trial.report(val_loss, step)``; the user attribute ``curve`` in a Pareto study, where
 Optuna has no intermediate values); later seeds run only for configurations that survived it,
 so their curves are not reported again at the same steps.
+
+When the search file asks for probes, the first seed's probe results are recorded too: each
+probe's summary ``value`` as ``probe.<name>``, and the results themselves, without their per-step
+``series`` (it grows with the run), as ``probes`` (see :func:`probe_summaries`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +40,7 @@ class Record(Protocol):
     state_bytes: dict[str, int]
     device: str
     corpus: dict[str, Any]
+    probes: dict[str, dict[str, Any]]
 
 
 #: ``trainer(TrainConfig keyword arguments, on_eval) -> record``: the seam tests replace.
@@ -67,6 +73,33 @@ def train_config(spec: SearchSpec, configuration: Configuration, seed: int) -> d
         "eval_every": proxy.eval_every,
         "eval_batches": proxy.eval_batches,
         "compile": proxy.compile,
+        "probes": proxy.probes,
+    }
+
+
+#: Most bytes of JSON the ``probes`` attribute of a trial may take; Optuna stores user attributes
+#: in every storage's log or table, so a study of hundreds of trials must stay small.
+PROBES_ATTR_BYTES = 16_000
+
+
+def probe_summaries(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The probes' results (``record.probes``) made small enough to store on a trial.
+
+    Each result loses its ``series`` (one entry per sampled step: it grows with the run); what is
+    left is bounded by the probe's settings (the ray probe's frequency buckets, the per-role
+    summaries). Should that still not be JSON or exceed ``PROBES_ATTR_BYTES``, each result keeps
+    only its top-level numbers and strings (``value`` always among them).
+    """
+    kept = {name: {k: v for k, v in result.items() if k != "series"} for name, result in results.items()}
+    try:
+        size = len(json.dumps(kept))
+    except (TypeError, ValueError):
+        size = PROBES_ATTR_BYTES + 1
+    if size <= PROBES_ATTR_BYTES:
+        return kept
+    return {
+        name: {k: v for k, v in result.items() if v is None or isinstance(v, int | float | str)}
+        for name, result in kept.items()
     }
 
 
@@ -119,6 +152,8 @@ class Objective:
         losses = [r.final_val_loss if not r.diverged else None for r in records]
         losses += [None] * (len(self.spec.seeds) - len(losses))
         _record_run(trial, records, losses)
+        if self.spec.proxy.probes:
+            _record_probes(trial, records[0])
         trial.set_user_attr("tokens_per_step", tokens_per_step(self.spec))
         state_bytes = sum(records[0].state_bytes.values())
         diverged = any(loss is None for loss in losses)
@@ -180,3 +215,11 @@ def _record_run(trial: optuna.Trial, records: list[Record], losses: list[float |
     trial.set_user_attr("wall_time_s", math.fsum(r.wall_time_s for r in records))
     trial.set_user_attr("device", first.device)
     trial.set_user_attr("corpus_fingerprint", first.corpus.get("fingerprint"))
+
+
+def _record_probes(trial: optuna.Trial, first: Record) -> None:
+    """``probe.<name>``: each probe's summary value on the first seed; ``probes``: its results."""
+    for name, result in first.probes.items():
+        value = result.get("value")
+        trial.set_user_attr(f"probe.{name}", None if value is None else float(value))
+    trial.set_user_attr("probes", probe_summaries(first.probes))

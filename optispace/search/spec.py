@@ -6,7 +6,8 @@ allowed. The layout (see ``searches/smoke.toml`` for a commented example)::
 
     [study]   name, question, tolerance, seed, trials, seeds, objectives, sampler, pruner, penalty
     [proxy]   tier, data, tokens | steps, eval_every, eval_batches, schedule, warmup, grad_clip,
-              device, compile, threads (CPU threads per worker; default: the cores shared out)
+              device, compile, threads (CPU threads per worker; default: the cores shared out),
+              probes (names from ``optispace.probes.PROBES`` recorded on each trial; default none)
     [roles.<role>]  one of: chain = "text" | tie = "<role>" | <family> = [choices, ...]
                     and lr, beta1, beta2, weight_decay: a number (fixed), [low, high] (a range;
                     log-uniform for lr) or {values = [...]} (a choice among numbers)
@@ -78,6 +79,7 @@ class ProxySpec:
     device: str
     compile: bool
     threads: int | None
+    probes: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -243,6 +245,18 @@ def _seed_list(value: Any) -> str | None:
     return None if len(set(value)) == len(value) else f"has a repeated seed: {value!r}"
 
 
+def _probe_names(value: Any) -> str | None:
+    from optispace.probes import PROBES
+
+    known = ", ".join(PROBES)
+    if not isinstance(value, list):
+        return f"must be an array of probe names from {known}, not {value!r}"
+    for name in value:
+        if name not in PROBES:
+            return f"unknown probe {name!r}; known probes: {known}"
+    return None if len(set(value)) == len(value) else f"has a repeated probe: {value!r}"
+
+
 def _objectives(value: Any) -> str | None:
     if isinstance(value, list) and tuple(value) in OBJECTIVES:
         return None
@@ -331,6 +345,7 @@ def _proxy(table: _Table) -> ProxySpec:
         device=table.get("device", _device, "auto"),
         compile=table.get("compile", _boolean, False),
         threads=table.get("threads", _integer(1), None),
+        probes=tuple(table.get("probes", _probe_names, [])),
     )
     table.done()
     return spec
