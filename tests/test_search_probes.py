@@ -9,7 +9,9 @@ from pathlib import Path
 import optuna
 import polars as pl
 import pytest
+from test_search_run import FakeTrainer, search_text
 
+from optispace.proxies.train import RunRecord
 from optispace.search.objective import PROBES_ATTR_BYTES, probe_summaries
 from optispace.search.run import run_search
 from optispace.search.spec import parse_search_text
@@ -45,6 +47,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> optuna.Study:
     return optuna.load_study(study_name="smoke", storage=open_storage(url))
 
 
+@pytest.mark.slow  # with the study it trains: about 4 s on a busy 2-core machine
 def test_each_trial_records_its_probe_value_and_results(study: optuna.Study) -> None:
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(trials) == 2
@@ -57,6 +60,7 @@ def test_each_trial_records_its_probe_value_and_results(study: optuna.Study) -> 
         assert len(json.dumps(t.user_attrs)) < 20_000
 
 
+@pytest.mark.slow
 def test_the_report_carries_probe_values_per_trial_and_per_structure(
     study: optuna.Study, tmp_path: Path
 ) -> None:
@@ -74,6 +78,35 @@ def test_the_report_carries_probe_values_per_trial_and_per_structure(
     means = report.structures["probe.geometry"].to_list()
     by_structure = trials.group_by("structure").agg(pl.col("probe.geometry").mean())
     assert sorted(means) == pytest.approx(sorted(by_structure["probe.geometry"].to_list()))
+
+
+def test_probes_ride_on_the_first_seed_only_and_land_on_the_trial(tmp_path: Path) -> None:
+    seen = []
+
+    def trainer(config: dict, on_eval) -> RunRecord:
+        seen.append((config["seed"], config["probes"]))
+        on_eval(1, 256, 3.0)
+        record = RunRecord(config=config, corpus={}, final_val_loss=3.0, state_bytes={"embed": 8})
+        if config["probes"]:
+            record.probes = {"ray": {"value": 0.5, "series": [1.0, 2.0]}, "outliers": {"value": None}}
+        return record
+
+    text = search_text().replace("eval_every = 1", 'eval_every = 1\nprobes = ["ray", "outliers"]')
+    url = str(tmp_path / "s.journal")
+    run_search(parse_search_text(text, "unit.toml"), url, n_trials=1, trainer=trainer, progress=False)
+    assert seen == [(0, ("ray", "outliers")), (1, ())]
+    attrs = optuna.load_study(study_name="unit", storage=open_storage(url)).trials[0].user_attrs
+    assert (attrs["probe.ray"], attrs["probe.outliers"]) == (0.5, None)
+    assert attrs["probes"] == {"ray": {"value": 0.5}, "outliers": {"value": None}}
+
+
+def test_a_study_without_probes_records_none(tmp_path: Path) -> None:
+    url = str(tmp_path / "s.journal")
+    run_search(
+        parse_search_text(search_text(), "unit.toml"), url, n_trials=1, trainer=FakeTrainer(), progress=False
+    )
+    attrs = optuna.load_study(study_name="unit", storage=open_storage(url)).trials[0].user_attrs
+    assert not [key for key in attrs if key.startswith("probe")]
 
 
 def test_summaries_drop_the_per_step_series() -> None:

@@ -8,7 +8,7 @@ curve (``trial.report(val_loss, step)``; the user attribute ``curve`` in a Paret
 Optuna has no intermediate values); later seeds run only for configurations that survived it,
 so their curves are not reported again at the same steps.
 
-When the search file asks for probes, the first seed's probe results are recorded too: each
+When the search file asks for probes, they watch the first seed, and its results are recorded: each
 probe's summary ``value`` as ``probe.<name>``, and the results themselves, without their per-step
 ``series`` (it grows with the run), as ``probes`` (see :func:`probe_summaries`).
 """
@@ -55,7 +55,10 @@ def proxy_trainer(config: dict[str, Any], on_eval: OnEval) -> Record:
 
 
 def train_config(spec: SearchSpec, configuration: Configuration, seed: int) -> dict[str, Any]:
-    """The ``TrainConfig`` keyword arguments of one seed of a configuration."""
+    """The ``TrainConfig`` keyword arguments of one seed of a configuration.
+
+    Probes ride on the first seed only: a trial records only that seed's (the seeds are distinct).
+    """
     proxy = spec.proxy
     return {
         "recipe": configuration.recipe,
@@ -73,7 +76,7 @@ def train_config(spec: SearchSpec, configuration: Configuration, seed: int) -> d
         "eval_every": proxy.eval_every,
         "eval_batches": proxy.eval_batches,
         "compile": proxy.compile,
-        "probes": proxy.probes,
+        "probes": proxy.probes if seed == spec.seeds[0] else (),
     }
 
 
