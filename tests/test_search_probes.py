@@ -75,6 +75,9 @@ def test_the_report_carries_probe_values_per_trial_and_per_structure(
     assert json.loads(trials["probes"][0]) == study.trials[0].user_attrs["probes"]
     markdown = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "| geometry probe |" in markdown
+    write_report(build_report(study), tmp_path / "again")
+    for name in ("report.md", "trials.parquet"):
+        assert (tmp_path / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
     means = report.structures["probe.geometry"].to_list()
     by_structure = trials.group_by("structure").agg(pl.col("probe.geometry").mean())
     assert sorted(means) == pytest.approx(sorted(by_structure["probe.geometry"].to_list()))
