@@ -69,6 +69,16 @@ def test_pareto_axis_takes_a_structure_with_no_state(tmp_path):
     assert path.stat().st_size > 1000
 
 
+@pytest.mark.parametrize("state_bytes", [[118656] * 3, [118656, 118656, 118660], [0, 0, 0]])
+def test_pareto_axis_of_equal_state_keeps_a_few_ticks(state_bytes):
+    # Equal counts once put a tick on every byte of the axis (thousands of ticks, a minute to draw).
+    fig, ax = figures.new_figure()
+    figures._bytes_axis(ax, pl.Series(state_bytes))
+    ax.scatter(state_bytes, [3.0, 3.1, 3.2])
+    fig.canvas.draw()
+    assert 1 <= len(ax.get_xticks()) <= 12
+
+
 def test_new_figure_shapes():
     _, ax = figures.new_figure()
     _, axes = figures.new_figure(2, 2)

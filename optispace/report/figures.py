@@ -235,6 +235,12 @@ def _bytes_axis(ax: Any, values: pl.Series) -> None:
     else:
         # Ticks at multiples of a power of two, so that labels come out round (16 KiB, 32 KiB).
         spread = float(values.max() - values.min()) if len(values) else 0.0
+        largest = float(values.max()) if len(values) else 0.0
+        if spread < 0.1 * largest:
+            # Nearly equal counts: show +-5 % around them, or the ticks would fall one byte apart.
+            middle = (float(values.max()) + float(values.min())) / 2
+            ax.set_xlim(middle - 0.05 * largest, middle + 0.05 * largest)
+            spread = 0.1 * largest
         step = 2.0 ** math.floor(math.log2(spread / 4)) if spread >= 4 else 1.0
         ax.xaxis.set_major_locator(MultipleLocator(step))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _tick_bytes(v)))
