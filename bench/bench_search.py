@@ -4,7 +4,7 @@ Three arms, each run as a study per study seed (default 3 seeds), on ``searches/
 shrunk by the flags below (default: 20 trials of 100 steps, one training seed per configuration;
 TPE starts with 10 random trials, seeded like the random arm, so the arms differ from trial 11 on):
 
-- ``tpe``: TPE with the median pruner, as the quickstart runs;
+- ``tpe``: TPE with the median pruner;
 - ``random``: random search with the same pruner (the anchor);
 - ``tpe, no pruning``: TPE without a pruner.
 
