@@ -164,6 +164,32 @@ def test_lr_basin_and_divergence(trials, suff):
     assert sens["role"].to_list()[:2] == ["embed", "matrix"]
 
 
+def test_best_lr_at_the_edge_of_the_searched_range_is_flagged(trials, suff):
+    # S1's best embed lr is 3e-3 (the known study): at the low edge of [3e-3, 1e-1], inside [1e-4, 1].
+    at_edge = analyses.lr_sensitivity(trials, suff, KNOWN_TOLERANCE, {"embed": (3e-3, 1e-1)})
+    inside = analyses.lr_sensitivity(trials, suff, KNOWN_TOLERANCE, {"embed": (1e-4, 1.0)})
+    unknown = analyses.lr_sensitivity(trials, suff, KNOWN_TOLERANCE)
+    pick = (pl.col("label") == "S1") & (pl.col("role") == "embed")
+    assert at_edge.filter(pick)["best_lr"].item() == 3e-3
+    assert at_edge.filter(pick)["edge"].item() == "low"
+    assert inside.filter(pick)["edge"].item() is None
+    assert unknown["edge"].null_count() == len(unknown)
+
+
+@pytest.mark.parametrize(
+    ("best", "edge"),
+    [(1e-4, "low"), (1.2e-4, "low"), (1e-3, None), (0.08, "high"), (0.1, "high"), (None, None)],
+)
+def test_lr_edge_is_the_outer_share_of_the_log_range(best, edge):
+    assert analyses.lr_edge(best, 1e-4, 1e-1) == edge
+
+
+def test_lr_ranges_follow_ties_and_skip_fixed_lrs():
+    search = {"roles": {"embed": {"lr": [3e-4, 0.3]}, "head": {"tie": "embed"}, "vector": {"lr": 3e-3}}}
+    assert analyses.lr_ranges(search) == {"embed": (3e-4, 0.3), "head": (3e-4, 0.3)}
+    assert analyses.lr_ranges(None) == {}
+
+
 def test_best_curves_are_complete(study, suff):
     curves = frames.curves_frame(study.get_trials(deepcopy=False))
     best = analyses.best_curves(curves, suff, top=2)

@@ -83,6 +83,16 @@ def test_tolerance_from_the_command_line_wins(tmp_path):
     assert "Tolerance: 0.002 val loss (command line)" in md and "1 of 5 suffice" in md
 
 
+def test_a_best_lr_at_the_edge_of_its_range_is_called_out(tmp_path):
+    study = known_study()
+    write_report(build_report(study), tmp_path / "inside")
+    assert "edge of the searched range**" not in (tmp_path / "inside" / "report.md").read_text()
+    study.set_user_attr("search", {"roles": {"embed": {"lr": [3e-3, 1e-1]}}})
+    write_report(build_report(study), tmp_path / "edge")
+    md = (tmp_path / "edge" / "report.md").read_text()
+    assert "**The best lr sits at an edge of the searched range** for S1 (embed, low)" in md
+
+
 def test_a_study_with_nothing_finished_still_reports(tmp_path):
     study = optuna.create_study()
     study.add_trials(

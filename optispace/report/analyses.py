@@ -30,6 +30,8 @@ from optispace.report.frames import PARAM_PREFIX, PROBE_PREFIX, probe_names, rol
 # PED-ANOVA compares the top quantile of trials with the rest; below this many finished trials
 # the top quantile holds too few trials for the comparison to mean anything.
 MIN_TRIALS_FOR_IMPORTANCE = 10
+# A best lr in the outer 5 % of its searched log range is flagged as at the edge.
+EDGE_SHARE = 0.05
 # The top quantile holds at least this many trials (the PED-ANOVA documentation asks for >= 5).
 _MIN_TOP_TRIALS = 5
 
@@ -272,19 +274,49 @@ def lr_groups(trials: pl.DataFrame) -> dict[str, list[str]]:
     return groups
 
 
-def lr_sensitivity(trials: pl.DataFrame, structs: pl.DataFrame, tolerance: float) -> pl.DataFrame:
+def lr_ranges(search: dict | None) -> dict[str, tuple[float, float]]:
+    """role -> the (low, high) lr range its search file sampled; tied roles take their target's."""
+    roles = (search or {}).get("roles", {})
+    ranges = {}
+    for role, table in roles.items():
+        lr = roles.get(table.get("tie"), table).get("lr") if isinstance(table, dict) else None
+        if isinstance(lr, list) and len(lr) == 2:
+            ranges[role] = (float(lr[0]), float(lr[1]))
+    return ranges
+
+
+def lr_edge(best: float | None, low: float, high: float, share: float = EDGE_SHARE) -> str | None:
+    """``"low"``/``"high"`` when ``best`` lies in the outer ``share`` of the log range [low, high]:
+    the optimum may lie beyond what the search tried, so the range should grow past that edge."""
+    if best is None or not (0 < low < high):
+        return None
+    span = math.log(high / low)
+    if math.log(best / low) < share * span:
+        return "low"
+    if math.log(high / best) < share * span:
+        return "high"
+    return None
+
+
+def lr_sensitivity(
+    trials: pl.DataFrame, structs: pl.DataFrame, tolerance: float,
+    ranges: dict[str, tuple[float, float]] | None = None,
+) -> pl.DataFrame:
     """Per structure and lr group with a varied lr: the basin of lrs within ``tolerance`` of its best.
 
     One row per group of ``lr_groups`` (``role``: its first role, ``roles``: all of them).
     ``basin_lo``/``basin_hi`` = the least and greatest lr among the structure's finished trials with
     loss <= best_loss + tolerance; ``basin_decades`` = log10(basin_hi / basin_lo), a lower bound on
     the basin's width (the sampled lrs bound it). ``diverged_lo`` = the least lr at which a trial
-    of the structure diverged.
+    of the structure diverged. ``best_lr`` = the lr of its best trial; ``edge`` = :func:`lr_edge` of
+    it within the role's searched range from ``ranges`` (null where the range is unknown).
     """
     rows = []
     labels = structs.select("structure", "label", "rank", "best_loss")
+    ranges = ranges or {}
     for role, group in lr_groups(trials).items():
         lr = f"lr.{role}"
+        low, high = ranges.get(role, (0.0, 0.0))
         points = trials.filter(pl.col(lr).is_not_null() & pl.col("structure").is_not_null())
         varied = points.group_by("structure").agg(n_lrs=pl.col(lr).n_unique()).filter(pl.col("n_lrs") > 1)
         points = points.join(varied, on="structure").join(labels, on="structure")
@@ -295,11 +327,15 @@ def lr_sensitivity(trials: pl.DataFrame, structs: pl.DataFrame, tolerance: float
                 basin_lo=pl.col(lr).filter(pl.col("val_loss") <= pl.col("best_loss") + tolerance).min(),
                 basin_hi=pl.col(lr).filter(pl.col("val_loss") <= pl.col("best_loss") + tolerance).max(),
                 diverged_lo=pl.col(lr).filter(pl.col("diverged")).min(),
+                best_lr=pl.col(lr).filter(pl.col("val_loss") == pl.col("val_loss").min()).min(),
             )
             .with_columns(
                 role=pl.lit(role),
                 roles=pl.lit(", ".join(group)),
                 basin_decades=(pl.col("basin_hi") / pl.col("basin_lo")).log10(),
+                edge=pl.col("best_lr").map_elements(
+                    lambda best, lo=low, hi=high: lr_edge(best, lo, hi), return_dtype=pl.String
+                ),
             )
         )
     if not rows:
@@ -313,6 +349,8 @@ def lr_sensitivity(trials: pl.DataFrame, structs: pl.DataFrame, tolerance: float
                 "basin_hi": pl.Float64,
                 "basin_decades": pl.Float64,
                 "diverged_lo": pl.Float64,
+                "best_lr": pl.Float64,
+                "edge": pl.String,
                 "structure": pl.String,
                 "rank": pl.Int64,
             }
@@ -327,6 +365,8 @@ def lr_sensitivity(trials: pl.DataFrame, structs: pl.DataFrame, tolerance: float
         "basin_hi",
         "basin_decades",
         "diverged_lo",
+        "best_lr",
+        "edge",
         "structure",
         "rank",
     )

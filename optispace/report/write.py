@@ -84,7 +84,7 @@ def build_report(study: optuna.Study, tolerance: float | None = None) -> Report:
         importance=imp,
         importance_note=note,
         front=analyses.pareto_front(trials),
-        sensitivity=analyses.lr_sensitivity(trials, structs, tolerance),
+        sensitivity=analyses.lr_sensitivity(trials, structs, tolerance, analyses.lr_ranges(info.search)),
         best_curves=analyses.best_curves(curves, structs, TOP_FIGURE),
     )
 
@@ -169,6 +169,8 @@ _HEADERS = {
     "basin_hi": "to lr",
     "basin_decades": "width (decades)",
     "diverged_lo": "least lr that diverged",
+    "best_lr": "best lr",
+    "edge": "best lr at the range's edge",
     "last_step": "last step",
     "last_loss": "last val loss",
     "failure_step": "failure step",
@@ -190,6 +192,7 @@ _FORMATS: dict[str, Callable] = {
     "basin_lo": fmt_lr,
     "basin_hi": fmt_lr,
     "diverged_lo": fmt_lr,
+    "best_lr": fmt_lr,
     "basin_decades": "{:.2f}".format,
 }
 
@@ -483,10 +486,27 @@ def _sensitivity_section(r: Report, out: Path, written: list[Path]) -> str:
         "decades is a lower bound (only sampled lrs count), and a wide basin means the structure is "
         "easy to tune.\n\n"
         f"The y axis spans {SENSITIVITY_WINDOW} tolerances above the least loss.\n\n"
-        "![Val loss vs lr per role for the top structures](sensitivity.png)\n\n"
+        + _edge_warning(sens)
+        + "![Val loss vs lr per role for the top structures](sensitivity.png)\n\n"
         + _table(
-            sens.select("label", "roles", "n_trials", "basin_lo", "basin_hi", "basin_decades", "diverged_lo")
+            sens.select(
+                "label", "roles", "n_trials", "best_lr", "edge", "basin_lo", "basin_hi", "basin_decades",
+                "diverged_lo",
+            )
         )
+    )
+
+
+def _edge_warning(sens: pl.DataFrame) -> str:
+    """A sentence naming the top structures whose best lr sits at an edge of the searched range."""
+    edged = sens.filter(pl.col("edge").is_not_null())
+    if edged.is_empty():
+        return ""
+    cases = ", ".join(f"{label} ({roles}, {edge})" for label, roles, edge in edged.select(
+        "label", "roles", "edge").iter_rows())
+    return (
+        f"**The best lr sits at an edge of the searched range** for {cases}: the optimum may lie "
+        "beyond what the search tried; widen that lr range in the search file and run again.\n\n"
     )
 
 
