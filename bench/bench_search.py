@@ -12,8 +12,8 @@ Printed: the best validation loss after n trials (mean over study seeds) for eac
 TPE / random of the best values, and the compute of each arm in optimizer steps trained (pruned
 runs stop early; a diverged run stops where it diverged) with the fraction pruning saves, next to
 the best values it reached. Compute is counted in steps, not seconds, so the ratio does not depend
-on the load of a shared machine. Default size: 278 s wall (123 s of CPU) measured on 2 CPU cores
-shared with other jobs.
+on the load of a shared machine. Default size: 145 s wall (112 s of user CPU) measured on 2 CPU
+cores.
 
     .venv/bin/python bench/bench_search.py [--trials 20] [--steps 100] [--seeds 3]
 """
