@@ -6,6 +6,7 @@ shared, and a deadline would make timing, not correctness, decide a test's outco
 
 import os
 
+import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
@@ -19,3 +20,19 @@ settings.load_profile("optispace")
 
 # Tests compare runs bit for bit; a fixed thread count keeps CPU reductions in one order.
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="module")
+def study():
+    """The report tests' synthetic study whose answer is known (a module may define its own)."""
+    from optispace.report.synthetic import known_study
+
+    return known_study()
+
+
+@pytest.fixture(scope="module")
+def trials(study):
+    """``study``'s trials as the report's trial frame."""
+    from optispace.report.frames import trials_frame
+
+    return trials_frame(study.get_trials(deepcopy=False))

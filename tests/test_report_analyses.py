@@ -9,19 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from optispace.report import analyses, frames
-from optispace.report.synthetic import KNOWN_TOLERANCE, known_study, known_trial
+from optispace.report.synthetic import KNOWN_TOLERANCE, known_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-@pytest.fixture(scope="module")
-def study():
-    return known_study()
-
-
-@pytest.fixture(scope="module")
-def trials(study):
-    return frames.trials_frame(study.trials)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 import optuna
 import polars as pl
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from optuna.distributions import CategoricalDistribution, FloatDistribution
@@ -12,16 +11,6 @@ from optispace.report import frames
 from optispace.report.synthetic import known_study, known_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-@pytest.fixture(scope="module")
-def study():
-    return known_study()
-
-
-@pytest.fixture(scope="module")
-def trials(study):
-    return frames.trials_frame(study.get_trials(deepcopy=False))
 
 
 def test_one_row_per_trial_with_states_and_failures(study, trials):
