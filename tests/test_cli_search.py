@@ -165,14 +165,18 @@ def test_sigterm_leaves_no_trial_running(storage: Path) -> None:
 
 
 @pytest.mark.slow
-def test_sigterm_to_the_parent_of_two_workers_stops_both_cleanly(storage: Path) -> None:
-    worker = search(str(SMOKE), "--storage", str(storage), "--n-trials", "200", "--workers", "2")
+def test_sigterm_to_the_parent_of_two_workers_stops_both_cleanly(storage: Path, tmp_path: Path) -> None:
+    # Trials of minutes, so that both workers are surely mid-trial when the signal reaches them.
+    long = tmp_path / "smoke.toml"
+    long.write_text(SMOKE.read_text().replace("steps = 64", "steps = 20000", 1))
+    worker = search(str(long), "--storage", str(storage), "--n-trials", "8", "--workers", "2")
     interrupt_when_running(worker, storage, running=2)
     trials = _trials(storage)
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     interrupted = [t for t in trials if t.user_attrs.get("failure", "").startswith("interrupted: SIGTERM")]
-    # Each worker was mid-trial or between two; the trials they were running ended as interrupted.
-    assert interrupted and {t.user_attrs["worker"] for t in interrupted} <= {0, 1}
+    assert sorted(t.user_attrs["worker"] for t in interrupted) == [0, 1]
+    retried = {t.system_attrs["failed_trial"] for t in trials if t.state == TrialState.WAITING}
+    assert retried == {t.number for t in interrupted}, "each interrupted trial is queued again"
 
 
 def _trials(storage: Path) -> list[optuna.trial.FrozenTrial]:

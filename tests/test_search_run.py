@@ -358,4 +358,33 @@ def test_an_interrupt_ends_the_running_trial_as_failed_and_queues_it_again(
     assert trial.state == TrialState.FAIL and trial.user_attrs["failure"].startswith(f"interrupted: {name}")
     (waiting,) = study.get_trials(states=(TrialState.WAITING,))
     assert waiting.params == interrupted.params
-    assert counts(run(url, 6)).finished == 6
+    assert waiting.user_attrs == {}, "the failed run's attributes (its failure) stay with it"
+    study = run(url, 6)
+    assert counts(study).finished == 6
+    retried = study.trials[waiting.number]
+    assert retried.state == TrialState.COMPLETE and "failure" not in retried.user_attrs
+
+
+def test_an_interrupt_during_a_storage_read_waits_until_the_read_is_applied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Optuna's journal counts a log as read before applying it: cut there, this process would
+    # never see that log (here, a trial another worker created) and would misnumber later ones.
+    url = str(tmp_path / "s.journal")
+    reader = open_storage(url)
+    study = optuna.create_study(storage=reader, study_name="s")
+    writer = optuna.load_study(study_name="s", storage=open_storage(url))
+    for _ in range(3):
+        writer.ask()
+    replay = type(reader._replay_result)
+    apply = replay._apply_create_trial
+
+    def signal_then_apply(self: object, log: dict) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs before the next line
+        apply(self, log)
+
+    monkeypatch.setattr(replay, "_apply_create_trial", signal_then_apply)
+    with pytest.raises(Interrupted, match="SIGTERM"), interrupts_raise():
+        study.get_trials()
+    monkeypatch.undo()
+    assert [t.number for t in study.get_trials()] == [0, 1, 2]

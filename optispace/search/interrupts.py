@@ -2,10 +2,11 @@
 
 A worker must end its running trial cleanly on Ctrl-C or SIGTERM, so both raise
 :class:`Interrupted` (a ``KeyboardInterrupt``) in the main thread. Raised at an arbitrary point,
-though, it could land inside a journal append, between taking Optuna's file lock and releasing it
-(Optuna's lock then even releases a lock it does not hold, or replaces the interrupt with its own
-``RuntimeError``). Code that must not be cut runs inside :func:`deferred`: a signal arriving there
-is remembered and raised when the outermost such block of the main thread ends.
+though, it could land inside a storage call: in a journal append between taking Optuna's file lock
+and releasing it (Optuna's lock then even releases a lock it does not hold), or in a journal read
+between counting a log and applying it (the process then never sees that log). Code that must not
+be cut runs inside :func:`deferred` (every storage method does, ``optispace.search.storage``): a
+signal arriving there is remembered and raised when the outermost such block of the main thread ends.
 """
 
 from __future__ import annotations

@@ -27,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
@@ -36,7 +35,7 @@ from optispace.search.interrupts import deferred, interrupts_raise
 from optispace.search.objective import Objective, Trainer, proxy_trainer
 from optispace.search.space import grid_size
 from optispace.search.spec import SearchSpec
-from optispace.search.storage import MAX_RETRY, claim, open_storage
+from optispace.search.storage import RetryConfiguration, claim, open_storage
 from optispace.search.study import open_study, worker_seed
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -90,9 +89,7 @@ def _retry(study: optuna.Study, trial: optuna.Trial) -> None:
     """Queue the configuration of an interrupted trial again (as a stale one would be)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(
-            study, study._storage.get_trial(trial._trial_id)
-        )
+        RetryConfiguration()(study, study._storage.get_trial(trial._trial_id))
 
 
 def next_trial(

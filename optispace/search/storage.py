@@ -16,14 +16,19 @@ callback queues their configuration again.
 
 from __future__ import annotations
 
+import copy
+import functools
+import inspect
 import os
 import socket
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
-from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
@@ -82,6 +87,22 @@ def _orphaned(trial: FrozenTrial) -> bool:
     return False
 
 
+class RetryConfiguration(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a failed trial (a WAITING copy of its parameters), without its user attributes.
+
+    Optuna copies them all; the ``failure`` of the interrupted run would then stick to the retry,
+    and a retry that completes would read as diverged. The run records the rest again.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(max_retry=MAX_RETRY)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        configuration = copy.deepcopy(trial)
+        configuration.user_attrs = {}
+        super().__call__(study, configuration)
+
+
 class _OrphanAware:
     """Adds trials whose local worker process is gone to the heartbeat's stale trials."""
 
@@ -92,12 +113,35 @@ class _OrphanAware:
         return sorted(stale)
 
 
-class _UninterruptedFileBackend(JournalFileBackend):
-    """Optuna's journal file, whose appends (lock, write, fsync, unlock) an interrupt cannot cut."""
+#: Every method through which a worker reads or writes a study (Optuna's storage and heartbeat API).
+_STORAGE_METHODS = tuple(
+    name
+    for base in (BaseStorage, BaseHeartbeat)
+    for name, value in vars(base).items()
+    if inspect.isfunction(value) and not name.startswith("_")
+) + ("_get_stale_trial_ids",)
 
-    def append_logs(self, logs: list[dict]) -> None:
+
+def _deferring(cls: type) -> type:
+    """``cls`` with each storage method run under :func:`deferred`: an interrupt waits for it.
+
+    Cut anywhere, a read or a write can leave damage: Optuna's journal counts a log as read before
+    applying it (a log skipped that way, say another worker's new trial, is never seen again by this
+    process and misnumbers every later trial), an append can be cut between lock and unlock, and an
+    SQL transaction between its statements.
+    """
+    for name in _STORAGE_METHODS:
+        setattr(cls, name, _deferred_method(getattr(cls, name)))
+    return cls
+
+
+def _deferred_method(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def run_deferred(*args: Any, **kwargs: Any) -> Any:
         with deferred():
-            super().append_logs(logs)
+            return method(*args, **kwargs)
+
+    return run_deferred
 
 
 class _HeartbeatJournal(JournalStorage, BaseHeartbeat):
@@ -108,10 +152,10 @@ class _HeartbeatJournal(JournalStorage, BaseHeartbeat):
     """
 
     def __init__(self, path: str, heartbeat_s: int, grace_s: int) -> None:
-        super().__init__(_UninterruptedFileBackend(path))
+        super().__init__(JournalFileBackend(path))
         self._heartbeat_s = heartbeat_s
         self._grace_s = grace_s
-        self._retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+        self._retry = RetryConfiguration()
 
     def record_heartbeat(self, trial_id: int) -> None:
         self.set_trial_system_attr(trial_id, _HEARTBEAT_ATTR, time.time())
@@ -129,14 +173,16 @@ class _HeartbeatJournal(JournalStorage, BaseHeartbeat):
     def get_heartbeat_interval(self) -> int:
         return self._heartbeat_s
 
-    def get_heartbeat_stale_trial_callback(self) -> RetryHeartbeatStaleTrialCallback:
+    def get_heartbeat_stale_trial_callback(self) -> RetryConfiguration:
         return self._retry
 
 
+@_deferring
 class JournalFileStorage(_OrphanAware, _HeartbeatJournal):
     """The embedded default: a journal file with heartbeats and local orphan detection."""
 
 
+@_deferring
 class HeartbeatRDBStorage(_OrphanAware, RDBStorage):
     """Optuna's RDB storage with local orphan detection added to its heartbeat."""
 
@@ -170,7 +216,7 @@ def _open(url: str, heartbeat_s: int, grace_s: int) -> JournalFileStorage | Hear
             engine_kwargs={"pool_pre_ping": True},
             heartbeat_interval=heartbeat_s,
             grace_period=grace_s,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+            heartbeat_stale_trial_callback=RetryConfiguration(),
         )
     except (ImportError, ModuleNotFoundError) as e:
         raise UserError(f"storage {_redact(url)}: its database driver is missing ({e})") from None
