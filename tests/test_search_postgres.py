@@ -109,7 +109,19 @@ def test_a_worker_killed_mid_trial_is_retried_and_the_study_ends_with_exactly_n(
     assert retried.params == killed.params and retried.state == TrialState.COMPLETE
 
 
-@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
+def test_sigterm_mid_trial_fails_the_trial_queues_it_again_and_leaves_nothing_running(url: str) -> None:
+    worker = start_worker(url, 3, sleep_s=5.0)
+    interrupted = wait_for_running(url, worker)
+    worker.send_signal(signal.SIGTERM)
+    assert wait_for_exit(worker) == 130
+    study = load(url)
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    assert study.trials[interrupted.number].user_attrs["failure"].startswith("interrupted: SIGTERM")
+    (waiting,) = study.get_trials(states=(TrialState.WAITING,))
+    assert waiting.params == interrupted.params and waiting.user_attrs == {}
+    assert len(finished(run(url, 3))) == 3
+
+
 def test_a_trial_whose_heartbeat_stopped_on_another_host_is_failed_and_retried(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
