@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -21,12 +22,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+import optispace.search.storage as storage_module
 from optispace.errors import UserError
 from optispace.proxies.train import RunRecord
 from optispace.search.interrupts import Interrupted, deferred, interrupts_raise
-from optispace.search.run import _surplus, counts, cpu_threads, run_search
+from optispace.search.run import _surplus, counts, cpu_threads, first_free_rank, run_search
 from optispace.search.spec import parse_search_text
-from optispace.search.storage import open_storage
+from optispace.search.storage import claim, open_storage
 from optispace.search.study import worker_seed
 
 PENALTY = 20.0
@@ -388,3 +390,34 @@ def test_an_interrupt_during_a_storage_read_waits_until_the_read_is_applied(
         study.get_trials()
     monkeypatch.undo()
     assert [t.number for t in study.get_trials()] == [0, 1, 2]
+
+
+def _running_on(url: str, host: str, rank: int) -> None:
+    """A RUNNING trial of rank ``rank`` claimed by a worker on ``host``."""
+    storage = open_storage(url)
+    study = optuna.load_study(study_name="unit", storage=storage)
+    trial = study.ask({"matrix.lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)})
+    trial.set_user_attr("worker", rank)
+    claim(trial._trial_id, storage)
+    storage.set_trial_system_attr(
+        trial._trial_id, "optispace:claim", {"host": host, "pid": 1, "at": time.time()}
+    )
+
+
+def test_a_machine_joining_a_study_takes_the_ranks_above_those_at_work_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = str(tmp_path / "s.journal")
+    run(url, 1)
+    study = load(url)
+    assert first_free_rank(study) == 0
+    _running_on(url, socket.gethostname(), rank=4)
+    assert first_free_rank(study) == 0, "this host's own workers do not count"
+    _running_on(url, "elsewhere", rank=1)
+    assert first_free_rank(study) == 2
+    # The other host's trial goes stale after a second; this machine retries it, as rank 2.
+    monkeypatch.setattr(storage_module, "GRACE_S", 1)
+    study = run(url, 3)
+    assert "this machine's workers take ranks 2 to 2" in capsys.readouterr().err
+    ranks = [t.user_attrs.get("worker") for t in finished(study)]
+    assert ranks[0] == 0 and set(ranks[1:]) == {2}

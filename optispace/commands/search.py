@@ -25,9 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rank-offset",
         type=int,
-        default=0,
-        help="rank of the first local worker; give each machine joining a study its own range, "
-        "so that every worker draws its own sampler seed (default 0)",
+        default=None,
+        help="rank of the first local worker; each worker's sampler seed derives from its rank "
+        "(default: one above the ranks running on other hosts, else 0)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

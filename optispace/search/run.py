@@ -35,7 +35,7 @@ from optispace.search.interrupts import deferred, interrupts_raise
 from optispace.search.objective import Objective, Trainer, proxy_trainer
 from optispace.search.space import grid_size
 from optispace.search.spec import SearchSpec
-from optispace.search.storage import RetryConfiguration, claim, open_storage
+from optispace.search.storage import RetryConfiguration, claim, claimed_elsewhere, open_storage
 from optispace.search.study import open_study, worker_seed
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -238,11 +238,14 @@ def run_search(
     name: str | None = None,
     n_trials: int | None = None,
     workers: int = 1,
-    rank_offset: int = 0,
+    rank_offset: int | None = None,
     trainer: Trainer = proxy_trainer,
     progress: bool = True,
 ) -> Summary:
-    """Run (or resume, or join) the study of ``spec`` until it has ``n_trials`` finished trials."""
+    """Run (or resume, or join) the study of ``spec`` until it has ``n_trials`` finished trials.
+
+    ``rank_offset``: the rank of the first local worker; by default :func:`first_free_rank`.
+    """
     name = name or spec.name
     n_trials = n_trials or spec.trials
     if spec.sampler == "grid":
@@ -252,13 +255,33 @@ def run_search(
                 f"the grid of {spec.path} has {size} configurations; ask for at most {size} trials"
             )
     storage = open_storage(url)
-    study = open_study(spec, storage, name, worker_seed(spec.seed, rank_offset))
+    study = open_study(spec, storage, name, worker_seed(spec.seed, rank_offset or 0))
+    if rank_offset is None:
+        rank_offset = first_free_rank(study)
+        if rank_offset > 0:
+            print(
+                f"optispace search: joining study {name!r}: ranks below {rank_offset} run on other hosts; "
+                f"this machine's workers take ranks {rank_offset} to {rank_offset + workers - 1}",
+                file=sys.stderr,
+            )
     with _Progress(study, n_trials, enabled=progress) as bar:
         if workers == 1:
             work(spec, url, name, n_trials, rank_offset, trainer, bar.update, cpu_threads(spec, 1))
         else:
             _run_processes(spec, url, name, n_trials, range(rank_offset, rank_offset + workers), trainer, bar)
     return Summary(name, counts(study), _best(study))
+
+
+def first_free_rank(study: optuna.Study) -> int:
+    """One above the highest worker rank now running on another host; 0 when none does.
+
+    So a machine joining a study draws its own sampler seeds instead of repeating those of the
+    machines at work (two machines starting at the same moment can still pick the same ranks:
+    wasteful, not wrong).
+    """
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    ranks = [t.user_attrs["worker"] for t in running if "worker" in t.user_attrs and claimed_elsewhere(t)]
+    return max(ranks) + 1 if ranks else 0
 
 
 def _run_processes(

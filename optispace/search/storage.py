@@ -65,18 +65,30 @@ def claim(trial_id: int, storage: optuna.storages.BaseStorage) -> None:
     storage.set_trial_system_attr(trial_id, _CLAIM_ATTR, mark)
 
 
-def _started(trial: FrozenTrial) -> float:
-    return trial.datetime_start.timestamp() if trial.datetime_start else time.time()
-
-
-def _orphaned(trial: FrozenTrial) -> bool:
-    """The trial's worker ran on this host and its process is gone.
+def _own_claim(trial: FrozenTrial) -> dict | None:
+    """The trial's claim, unless it has none of its own.
 
     A retried trial inherits the system attributes of the one it retries; a claim older than the
     trial's start is that inheritance, not its worker's, and is ignored.
     """
     mark = trial.system_attrs.get(_CLAIM_ATTR)
-    if not isinstance(mark, dict) or mark.get("host") != socket.gethostname() or mark["at"] < _started(trial):
+    return mark if isinstance(mark, dict) and mark["at"] >= _started(trial) else None
+
+
+def claimed_elsewhere(trial: FrozenTrial) -> bool:
+    """The trial is run by a worker on another host."""
+    mark = _own_claim(trial)
+    return mark is not None and mark["host"] != socket.gethostname()
+
+
+def _started(trial: FrozenTrial) -> float:
+    return trial.datetime_start.timestamp() if trial.datetime_start else time.time()
+
+
+def _orphaned(trial: FrozenTrial) -> bool:
+    """The trial's worker ran on this host and its process is gone."""
+    mark = _own_claim(trial)
+    if mark is None or mark["host"] != socket.gethostname():
         return False
     try:
         os.kill(mark["pid"], 0)
