@@ -35,7 +35,7 @@ from optispace.search.interrupts import deferred, interrupts_raise
 from optispace.search.objective import Objective, Trainer, proxy_trainer
 from optispace.search.space import grid_size
 from optispace.search.spec import SearchSpec
-from optispace.search.storage import RetryConfiguration, claim, claimed_elsewhere, open_storage
+from optispace.search.storage import claim, claimed_elsewhere, open_storage
 from optispace.search.study import open_study, worker_seed
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -86,10 +86,9 @@ def _fail_stale(study: optuna.Study) -> None:
 
 
 def _retry(study: optuna.Study, trial: optuna.Trial) -> None:
-    """Queue the configuration of an interrupted trial again (as a stale one would be)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        RetryConfiguration()(study, study._storage.get_trial(trial._trial_id))
+    """Queue the configuration of an interrupted trial again, as the storage retries a stale one."""
+    retry = study._storage.get_heartbeat_stale_trial_callback()
+    retry(study, study._storage.get_trial(trial._trial_id))
 
 
 def next_trial(
