@@ -22,7 +22,7 @@ from torch import nn
 
 from optispace.chain import Chain, parse_chain
 from optispace.recipes import Recipe, check_lr, get_recipe
-from optispace.roles import ROLES, Override, assign_roles, check_role
+from optispace.roles import ROLES, Override, assign_roles, check_role, token_roles_unknown
 from primitives import Context, Workspace
 
 RecipeSpec = str | Recipe | Mapping[str, str | Chain]
@@ -83,13 +83,18 @@ def state_bytes_for(
 class Optimizer(torch.optim.Optimizer):
     """One chain and one lr per parameter role (module docstring).
 
-    ``model_or_params``: an ``nn.Module`` (roles from its modules), or parameters (a list of tensors
-    or of ``(name, tensor)`` pairs; roles from shapes alone). ``roles``: an override, a mapping
-    ``{name: role}`` or a function ``(name, param) -> role | None``. ``lr`` sets every role's lr,
-    ``role_lr`` single roles'. ``foreach``: step a group's parameters with multi-tensor operations
-    (default: on accelerators, and on CPU for groups of small tensors; the same bits either way).
-    Every mistake (an unknown recipe, role or hyperparameter, a bad value, a chain that cannot act
-    on a parameter's shape) raises ``ValueError`` here, at build time.
+    ``model_or_params``: an ``nn.Module`` (roles from its modules); named parameters
+    (``model.named_parameters()``: roles from the names, ``optispace.roles``); a list of tensors
+    (roles from shapes alone, refused when the recipe treats embed or head unlike matrix); or torch
+    param-group dicts ``[{"params": ..., "lr": ..., "role": ..., <hyperparameter>: ...}]``, each
+    with its own lr and hyperparameters, as torch optimizers take them (``role``, optional, gives all
+    its parameters that role). ``roles``: an override, a mapping ``{name: role}``, a function
+    ``(name, param) -> role | None``, or the model the parameters come from. ``lr`` sets every
+    role's lr, ``role_lr`` single roles'; a group's own ``lr`` comes first. ``foreach``: step a
+    group's parameters with multi-tensor operations (default: on accelerators, and on CPU for groups
+    of small tensors; the same bits either way). Every mistake (an unknown recipe, role or
+    hyperparameter, a bad value, a chain that cannot act on a parameter's shape) raises
+    ``ValueError`` here, at build time.
     """
 
     def __init__(
@@ -99,18 +104,75 @@ class Optimizer(torch.optim.Optimizer):
     ) -> None:
         if isinstance(model_or_params, nn.Module):
             _refuse_sparse(model_or_params)
-        assigned = assign_roles(model_or_params, roles)
-        by_role: dict[str, list[tuple[str, nn.Parameter]]] = {}
-        for name, (role, p) in assigned.items():
-            by_role.setdefault(role, []).append((name, p))
-        present = [role for role in ROLES if role in by_role]
-        chains, lrs, hp = resolve_recipe(recipe, present, lr, role_lr, hyperparameters)
-        if not present:
+            source, options, given, group_of = model_or_params, [None], {}, {}
+        else:
+            source, options, given, group_of = _input_groups(model_or_params)
+        assigned = {name: (given.get(id(p), role), p) for name, (role, p) in
+                    assign_roles(source, roles).items()}
+        if not assigned:
             raise ValueError("optimizer: no trainable parameters (none requires a gradient)")
+        reason = None if roles is not None or given else token_roles_unknown(source)
+        if reason and _token_roles_matter(recipe, lr, role_lr, hyperparameters):
+            raise ValueError(f"optimizer: {reason}, and recipe {_recipe_name(recipe)} treats embed or head "
+                             "unlike matrix; pass the model, model.named_parameters(), or roles=")
+        self._recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
         self._workspace = Workspace()
-        groups = [{"params": by_role[role], "role": role, "chain": chains[role], "lr": lrs[role], **hp}
-                  for role in present]
-        super().__init__(groups, {"foreach": foreach})
+        self._derived: dict[int, tuple[dict[str, Any], str, bool]] = {}
+        groups = []
+        for index, opts in enumerate(options):
+            members = {name: rp for name, rp in assigned.items() if group_of.get(id(rp[1]), 0) == index}
+            try:
+                groups += _role_groups(members, opts or {}, recipe, lr, role_lr, hyperparameters)
+            except ValueError as e:
+                raise ValueError(str(e) if opts is None else f"param group {index}: {e}") from None
+        _, _, default_hp = resolve_recipe(recipe, [], lr, role_lr, hyperparameters)
+        default_lr = lr if lr is not None else getattr(self._recipe, "lr", None)
+        defaults = {"foreach": foreach, **default_hp, **({} if default_lr is None else {"lr": default_lr})}
+        super().__init__(groups, defaults)
+
+    def _refresh_chains(self) -> None:
+        """Re-derive a named recipe's chain text in each group whose hyperparameters changed.
+
+        A scheduler that sets a group's ``betas`` or ``momentum`` (OneCycleLR) changes the chain the
+        group runs, as it changes torch's AdamW or SGD; state a new primitive declares is allocated
+        (zeros, as torch's lazily made buffers start). Groups whose chain was not the recipe's own
+        when they were noted (one added later with its own chain) are left alone.
+        """
+        if not isinstance(self._recipe, Recipe):
+            return
+        for group in self.param_groups:
+            seen = self._derived.get(id(group))
+            if seen is None or seen[0] is not group:
+                self._note(group)
+                continue
+            key = self._hp_key(group)
+            if not seen[2] or seen[1] == key:
+                continue
+            self._derived[id(group)] = (group, key, True)
+            text = str(self._recipe.chains(**self._hp(group))[group["role"]])
+            if text != group["chain"]:
+                group["chain"] = text
+                self._allocate_missing(group, parse_chain(text))
+
+    def _hp(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {key: group[key] for key in self._recipe.defaults if key in group}
+
+    def _hp_key(self, group: dict[str, Any]) -> str:
+        return repr(sorted(self._hp(group).items()))
+
+    def _note(self, group: dict[str, Any]) -> None:
+        """Record the group's hyperparameters, and whether its chain is the recipe's at them."""
+        if isinstance(self._recipe, Recipe):
+            derived = str(self._recipe.chains(**self._hp(group))[group["role"]]) == group["chain"]
+            self._derived[id(group)] = (group, self._hp_key(group), derived)
+
+    def _allocate_missing(self, group: dict[str, Any], chain: Chain) -> None:
+        """Allocate the state ``chain`` declares that the group's parameters do not have yet."""
+        for p in group["params"]:
+            state = self.state[p]
+            if any(spec.name not in state for spec in chain.state_specs(tuple(p.shape))):
+                for name, value in chain.init_state(tuple(p.shape), p.device).items():
+                    state.setdefault(name, value)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """torch's, for a group with ``role``, ``chain`` (text or Chain) and ``lr``.
@@ -139,11 +201,20 @@ class Optimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
         for p in self.param_groups[-1]["params"]:
             self.state[p] = {"step": 0, **chain.init_state(tuple(p.shape), p.device)}
+        self._note(self.param_groups[-1])
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        # torch pickles only defaults, state and param_groups: the scratch buffers start afresh.
+        # torch pickles defaults, state and param_groups (and the recipe, below): scratch buffers
+        # and the record of derived chains start afresh.
         super().__setstate__(state)
         self._workspace = Workspace()
+        self._recipe = state.get("_recipe", getattr(self, "_recipe", None))
+        self._derived = {}
+        for group in self.param_groups:
+            self._note(group)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "_recipe": self._recipe}
 
     def state_bytes(self) -> dict[str, int]:
         """Bytes of optimizer state per role, as allocated (equal to what the chains declare)."""
@@ -156,6 +227,7 @@ class Optimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One step for every parameter that has a gradient; the others are left alone."""
+        self._refresh_chains()
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -223,6 +295,80 @@ class Optimizer(torch.optim.Optimizer):
                 for spec in chain.state_specs(tuple(p.shape)):
                     value = saved[spec.name]
                     self.state[p][spec.name] = value.to(device=p.device, dtype=spec.dtype, copy=True)
+
+
+_GROUP_KEYS = ("params", "role", "lr", "foreach")  # what a param group holds besides hyperparameters
+
+
+def _input_groups(
+    params: Iterable,
+) -> tuple[list, list[dict[str, Any] | None], dict[int, str], dict[int, int]]:
+    """(all parameters as one list, each group's options, id -> a group's ``role``, id -> group index).
+
+    A list of tensors or of ``(name, tensor)`` pairs is one group without options (``None``); torch
+    param-group dicts are flattened in order (bare tensors keep their position in the whole list as
+    their name, as torch's ``state_dict`` numbers them), and must all give tensors, or all pairs.
+    """
+    items = list(params)
+    if not items or not all(isinstance(x, Mapping) for x in items):
+        return items, [None], {}, {}
+    flat: list = []
+    options: list[dict[str, Any] | None] = []
+    given: dict[int, str] = {}
+    group_of: dict[int, int] = {}
+    for index, group in enumerate(items):
+        if "params" not in group:
+            raise ValueError(f"param group {index} has no 'params'")
+        members = group["params"]
+        members = [members] if isinstance(members, torch.Tensor) else list(members)
+        if "role" in group:
+            check_role(group["role"], f"param group {index}")
+        for item in members:
+            p = item[1] if isinstance(item, tuple) else item
+            if id(p) in group_of:
+                raise ValueError(f"param group {index}: a parameter is also in param group "
+                                 f"{group_of[id(p)]}; each parameter belongs to one group")
+            group_of[id(p)] = index
+            if "role" in group:
+                given[id(p)] = group["role"]
+        flat += members
+        options.append({k: v for k, v in group.items() if k not in ("params", "role")})
+    if len({isinstance(x, tuple) for x in flat}) > 1:
+        raise ValueError("param groups: give every group tensors, or every group (name, tensor) pairs")
+    return flat, options, given, group_of
+
+
+def _role_groups(
+    members: dict[str, tuple[str, nn.Parameter]], opts: Mapping[str, Any], recipe: RecipeSpec,
+    lr: float | None, role_lr: Mapping[str, float] | None, hyperparameters: Mapping[str, Any],
+) -> list[dict[str, Any]]:
+    """One torch param group per role among ``members``, in ROLES order, with the input group's own
+    lr (before ``role_lr`` and ``lr``), hyperparameters (before the keyword ones) and ``foreach``."""
+    present = [role for role in ROLES if any(r == role for r, _ in members.values())]
+    if "lr" in opts:
+        lr, role_lr = opts["lr"], None
+    own = {k: v for k, v in opts.items() if k not in _GROUP_KEYS}
+    chains, lrs, hp = resolve_recipe(recipe, present, lr, role_lr, {**hyperparameters, **own})
+    extra = {"foreach": opts["foreach"]} if "foreach" in opts else {}
+    return [{"params": [(name, p) for name, (r, p) in members.items() if r == role], "role": role,
+             "chain": chains[role], "lr": lrs[role], **hp, **extra} for role in present]
+
+
+def _token_roles_matter(recipe: RecipeSpec, lr: float | None, role_lr: Mapping[str, float] | None,
+                        hyperparameters: Mapping[str, Any]) -> bool:
+    """Does the recipe give ``embed`` or ``head`` another chain or lr than ``matrix``?"""
+    covered = [r for r in ROLES if not isinstance(recipe, Mapping) or r in recipe]
+    # The lr plays no part in the chains; 0 stands in for a {role: chain} recipe's missing one.
+    chains, _, _ = resolve_recipe(recipe, covered, 0.0, None, hyperparameters)
+    lrs = dict(role_lr or {})
+    return any((role in chains and chains[role] != chains.get("matrix"))
+               or (role in lrs and lrs[role] != lrs.get("matrix", lr)) for role in ("embed", "head"))
+
+
+def _recipe_name(recipe: RecipeSpec) -> str:
+    if isinstance(recipe, Recipe):
+        return repr(recipe.name)
+    return repr(recipe) if isinstance(recipe, str) else "{role: chain}"
 
 
 def _grouped(params: list[torch.Tensor], foreach: bool | None) -> bool:
