@@ -46,3 +46,59 @@ def test_bad_input_exits_2_with_one_line(extra, message, capsys, monkeypatch):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+STRUCTURE = ("embed: sign | head: sign | matrix: momentum(0.9) > orthogonalize | "
+             "vector: momentum(0.9, bias_correction=True)")
+
+
+def _record(tmp_path, *args: str) -> dict:
+    out = tmp_path / "run.json"
+    assert main([*TINY[:2], *args, *TINY[3:], "--steps", "2", "--out", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def test_a_structure_trains_its_chains_at_the_given_lr(tmp_path):
+    record = _record(tmp_path, STRUCTURE, "--lr", "0.01")
+    assert record["config"]["recipe"]["vector"] == "momentum(0.9)"
+    assert record["config"]["recipe"]["matrix"] == "momentum(0.9) > orthogonalize"
+
+
+def _study_with_a_trial(path, chains: dict, lrs: dict) -> None:
+    import optuna
+
+    from optispace.search.storage import open_storage
+
+    study = optuna.create_study(study_name="s", storage=open_storage(str(path)))
+    attrs = {**{f"trained_chain.{r}": c for r, c in chains.items()}, **{f"lr.{r}": v for r, v in lrs.items()}}
+    for value in (3.0, 2.0):
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs=attrs))
+
+
+def test_a_trial_of_a_study_is_retrained_with_its_chains_and_lrs(tmp_path, capsys):
+    chains = {"embed": "second_moment(factored)", "head": "sign", "matrix": "momentum(0.9)",
+              "vector": "identity"}
+    lrs = {"embed": 0.01, "head": 0.002, "matrix": 0.003, "vector": 0.004}
+    storage = tmp_path / "studies.journal"
+    _study_with_a_trial(storage, chains, lrs)
+    for ref in ("study:s#0", "study:s"):
+        record = _record(tmp_path, ref, "--storage", str(storage))
+        assert record["config"]["recipe"] == chains and record["config"]["role_lr"] == lrs
+    assert "trial 1 of study 's'" in capsys.readouterr().err  # the best one
+
+
+@pytest.mark.parametrize("recipe, message", [
+    ("embed: sign | matrix: sign", "--lr: a structure has no lr"),
+    ("embed: sgn", "role embed: chain 'sgn', column 1"),
+    ("hidden: sign", "unknown role 'hidden'"),
+    ("study:s#x", "study:NAME#TRIAL"),
+    ("study:nope#0", "no study 'nope'"),
+    ("study:s#7", "no trial 7"),
+])
+def test_bad_structures_and_trials_exit_2_with_one_line(recipe, message, tmp_path, capsys):
+    storage = tmp_path / "studies.journal"
+    _study_with_a_trial(storage, dict.fromkeys(("embed", "head", "matrix", "vector"), "sign"),
+                        dict.fromkeys(("embed", "head", "matrix", "vector"), 0.1))
+    assert main([*TINY[:2], recipe, *TINY[3:], "--storage", str(storage), "--steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
