@@ -1,6 +1,8 @@
 """``optispace train``: a run end to end, its JSON record, and one-line exit-2 errors for bad input."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -102,3 +104,23 @@ def test_bad_structures_and_trials_exit_2_with_one_line(recipe, message, tmp_pat
     assert main([*TINY[:2], recipe, *TINY[3:], "--storage", str(storage), "--steps", "2"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("optispace ")
+
+
+@pytest.mark.parametrize("flag, lines", [([], 1), (["-q"], 0)])
+def test_off_a_terminal_each_evaluation_logs_one_line_unless_quiet(flag, lines):
+    argv = [sys.executable, "-m", "optispace.cli", *TINY, "--steps", "4", *flag]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count(" optispace.train: step ") == lines
+
+
+def test_a_tracker_without_its_library_exits_2_naming_the_extra(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    assert main([*TINY, "--steps", "2", "--wandb", "proj"]) == 2
+    assert "pip install 'optispace[wandb]'" in capsys.readouterr().err

@@ -32,6 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="write the run record (config, corpus, curve) as JSON here")
     parser.add_argument("--checkpoint", type=Path, help="checkpoint file, rewritten at each evaluation")
     parser.add_argument("--resume", type=Path, help="continue from this checkpoint")
+    parser.add_argument("--tensorboard", metavar="DIR", help="log each evaluation to TensorBoard event files "
+                        "in DIR (extra: optispace[tensorboard])")
+    parser.add_argument("--wandb", metavar="PROJECT", help="log each evaluation to a Weights & Biases run "
+                        "in PROJECT (extra: optispace[wandb])")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,11 +58,23 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out: folder {args.out.parent} does not exist")
     if recipe.role_lr:
         print(f"training the chains and lrs of {recipe.source}", file=sys.stderr)
-    record = train(cfg, checkpoint=args.checkpoint, resume=args.resume)
+    record = train(cfg, callbacks=trackers(args), checkpoint=args.checkpoint, resume=args.resume)
     if args.out is not None:
         args.out.write_text(record.to_json() + "\n")
     print(summary(record))
     return 1 if record.diverged else 0
+
+
+def trackers(args: argparse.Namespace) -> list:
+    """The loggers ``--tensorboard`` and ``--wandb`` ask for (``optispace.loggers``)."""
+    from optispace.loggers import TensorBoardLogger, WandbLogger
+
+    out: list = []
+    if args.tensorboard:
+        out.append(TensorBoardLogger(args.tensorboard))
+    if args.wandb:
+        out.append(WandbLogger(project=args.wandb))
+    return out
 
 
 def summary(record) -> str:
