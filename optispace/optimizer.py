@@ -27,6 +27,7 @@ from primitives import Context, Workspace
 
 RecipeSpec = str | Recipe | Mapping[str, str | Chain]
 _SMALL_CPU_TENSOR = 1 << 18  # elements (1 MiB of fp32): below it, kernel count beats memory reuse
+_DERIVED_KEPT = 64  # chain texts derived from hyperparameters, kept for reuse
 
 
 def resolve_recipe(
@@ -117,7 +118,7 @@ class Optimizer(torch.optim.Optimizer):
                              "unlike matrix; pass the model, model.named_parameters(), or roles=")
         self._recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
         self._workspace = Workspace()
-        self._derived: dict[int, tuple[dict[str, Any], str, bool]] = {}
+        self._derived: dict[tuple[str, str], str] = {}  # (role, hyperparameters) -> chain text
         groups = []
         for index, opts in enumerate(options):
             members = {name: rp for name, rp in assigned.items() if group_of.get(id(rp[1]), 0) == index}
@@ -131,40 +132,27 @@ class Optimizer(torch.optim.Optimizer):
         super().__init__(groups, defaults)
 
     def _refresh_chains(self) -> None:
-        """Re-derive a named recipe's chain text in each group whose hyperparameters changed.
+        """Re-derive the chain text of each group that holds ``recipe`` from its hyperparameters.
 
         A scheduler that sets a group's ``betas`` or ``momentum`` (OneCycleLR) changes the chain the
         group runs, as it changes torch's AdamW or SGD; state a new primitive declares is allocated
-        (zeros, as torch's lazily made buffers start). Groups whose chain was not the recipe's own
-        when they were noted (one added later with its own chain) are left alone.
+        (zeros, as torch's lazily made buffers start). Groups without ``recipe`` (a ``{role: chain}``
+        recipe's, or one added later with its own chain) keep their chain.
         """
         if not isinstance(self._recipe, Recipe):
             return
         for group in self.param_groups:
-            seen = self._derived.get(id(group))
-            if seen is None or seen[0] is not group:
-                self._note(group)
+            if group.get("recipe") != self._recipe.name:
                 continue
-            key = self._hp_key(group)
-            if not seen[2] or seen[1] == key:
-                continue
-            self._derived[id(group)] = (group, key, True)
-            text = str(self._recipe.chains(**self._hp(group))[group["role"]])
-            if text != group["chain"]:
-                group["chain"] = text
-                self._allocate_missing(group, parse_chain(text))
-
-    def _hp(self, group: dict[str, Any]) -> dict[str, Any]:
-        return {key: group[key] for key in self._recipe.defaults if key in group}
-
-    def _hp_key(self, group: dict[str, Any]) -> str:
-        return repr(sorted(self._hp(group).items()))
-
-    def _note(self, group: dict[str, Any]) -> None:
-        """Record the group's hyperparameters, and whether its chain is the recipe's at them."""
-        if isinstance(self._recipe, Recipe):
-            derived = str(self._recipe.chains(**self._hp(group))[group["role"]]) == group["chain"]
-            self._derived[id(group)] = (group, self._hp_key(group), derived)
+            hp = {key: group[key] for key in self._recipe.defaults if key in group}
+            key = (group["role"], repr(sorted(hp.items())))
+            if key not in self._derived:
+                if len(self._derived) >= _DERIVED_KEPT:  # a scheduler may set new values every step
+                    self._derived.clear()
+                self._derived[key] = str(self._recipe.chains(**hp)[group["role"]])
+            if self._derived[key] != group["chain"]:
+                group["chain"] = self._derived[key]
+                self._allocate_missing(group, parse_chain(group["chain"]))
 
     def _allocate_missing(self, group: dict[str, Any], chain: Chain) -> None:
         """Allocate the state ``chain`` declares that the group's parameters do not have yet."""
@@ -201,17 +189,14 @@ class Optimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
         for p in self.param_groups[-1]["params"]:
             self.state[p] = {"step": 0, **chain.init_state(tuple(p.shape), p.device)}
-        self._note(self.param_groups[-1])
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # torch pickles defaults, state and param_groups (and the recipe, below): scratch buffers
-        # and the record of derived chains start afresh.
+        # and the derived chain texts start afresh.
         super().__setstate__(state)
         self._workspace = Workspace()
         self._recipe = state.get("_recipe", getattr(self, "_recipe", None))
         self._derived = {}
-        for group in self.param_groups:
-            self._note(group)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**super().__getstate__(), "_recipe": self._recipe}
@@ -281,11 +266,13 @@ class Optimizer(torch.optim.Optimizer):
         torch would cast floating state to each parameter's dtype (bf16 state for bf16 parameters).
         """
         saved_groups = state_dict["param_groups"]
-        ours = [(g["role"], g["chain"]) for g in self.param_groups]
-        theirs = [(g.get("role"), g.get("chain")) for g in saved_groups]
+        # A named recipe's group matches by recipe: its chain text follows its hyperparameters.
+        ours = [(g["role"], g.get("recipe") or g["chain"]) for g in self.param_groups]
+        theirs = [(g.get("role"), g.get("recipe") or g.get("chain")) for g in saved_groups]
         if ours != theirs:
-            raise ValueError(f"load_state_dict: the checkpoint's (role, chain) groups {theirs} are not this "
-                             f"optimizer's {ours}; build the optimizer with the recipe it was saved with")
+            raise ValueError(f"load_state_dict: the checkpoint's (role, recipe or chain) {theirs} are not "
+                             f"this optimizer's {ours}; build the optimizer with the recipe it was saved "
+                             "with")
         super().load_state_dict(state_dict)
         index = {id(p): i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
         for group in self.param_groups:
@@ -350,6 +337,8 @@ def _role_groups(
     own = {k: v for k, v in opts.items() if k not in _GROUP_KEYS}
     chains, lrs, hp = resolve_recipe(recipe, present, lr, role_lr, {**hyperparameters, **own})
     extra = {"foreach": opts["foreach"]} if "foreach" in opts else {}
+    if not isinstance(recipe, Mapping):  # the chain follows the hyperparameters (_refresh_chains)
+        extra["recipe"] = recipe if isinstance(recipe, str) else recipe.name
     return [{"params": [(name, p) for name, (r, p) in members.items() if r == role], "role": role,
              "chain": chains[role], "lr": lrs[role], **hp, **extra} for role in present]
 

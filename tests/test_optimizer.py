@@ -373,3 +373,28 @@ def test_a_group_added_with_its_own_chain_keeps_it_when_hyperparameters_change()
     opt.step()
     assert [g["chain"].split(" > ")[1] for g in opt.param_groups[:-1]] == ["momentum(0.5)"] * 4
     assert opt.param_groups[-1]["chain"] == "sign"
+
+
+def test_resume_under_a_scheduler_cycling_betas_continues_bit_for_bit() -> None:
+    def build(model: nn.Module) -> tuple[Optimizer, torch.optim.lr_scheduler.OneCycleLR]:
+        opt = Optimizer(model, "ember", lr=1e-2)
+        return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=6)
+
+    def steps(model: nn.Module, opt: Optimizer, sched, seeds: range) -> None:
+        for seed in seeds:
+            loss_step(model, opt, seed)
+            sched.step()
+
+    straight = LM()
+    opt, sched = build(straight)
+    steps(straight, opt, sched, range(3))
+    saved = ({k: v.clone() for k, v in straight.state_dict().items()}, _roundtrip(opt), sched.state_dict())
+    steps(straight, opt, sched, range(3, 6))
+
+    resumed = LM()
+    resumed.load_state_dict(saved[0])
+    opt2, sched2 = build(resumed)  # its chains are at the scheduler's first betas, the checkpoint's not
+    opt2.load_state_dict(saved[1])
+    sched2.load_state_dict(saved[2])
+    steps(resumed, opt2, sched2, range(3, 6))
+    assert all(torch.equal(a, b) for a, b in zip(straight.parameters(), resumed.parameters(), strict=True))
