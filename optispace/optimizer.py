@@ -2,10 +2,11 @@
 
 ``Optimizer(model, "ember", lr=3e-3, role_lr={"embed": 1e-2}, beta2=0.99)`` is a real
 ``torch.optim.Optimizer``: one param group per role present (keys ``role``, ``chain`` (canonical
-text), ``lr``, ``param_names``, ``foreach``, plus the recipe's hyperparameters), so torch LR
-schedulers work. Each step, for each
-parameter with a gradient: ``u = chain(g)``, then ``p -= step_size * u`` (``step_size`` is the
-group's lr unless a scaling primitive changed it), in fp32 and cast back for bf16/fp16 parameters.
+text), ``lr``, ``param_names``, ``foreach``, plus a named recipe's ``recipe`` and hyperparameters,
+from which the chain is derived again when a scheduler changes them), so torch schedulers work.
+Each step, for each parameter with a gradient: ``u = chain(g)``, then ``p -= step_size * u``
+(``step_size`` is the group's lr unless a scaling primitive changed it), in fp32 and cast back for
+bf16/fp16 parameters.
 
 State is allocated when the optimizer is built, exactly what the chains declare, in fp32 whatever
 the parameter's dtype, under stable names (``momentum.m``, ``second_moment.v``) plus ``step``, the
@@ -115,7 +116,8 @@ class Optimizer(torch.optim.Optimizer):
         reason = None if roles is not None or given else token_roles_unknown(source)
         if reason and _token_roles_matter(recipe, lr, role_lr, hyperparameters):
             raise ValueError(f"optimizer: {reason}, and recipe {_recipe_name(recipe)} treats embed or head "
-                             "unlike matrix; pass the model, model.named_parameters(), or roles=")
+                             "unlike matrix; pass the model, model.named_parameters(), or roles= (a "
+                             "{name: role} mapping, a function (name, param) -> role, or the model itself)")
         self._recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
         self._workspace = Workspace()
         self._derived: dict[tuple[str, str], str] = {}  # (role, hyperparameters) -> chain text

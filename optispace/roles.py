@@ -5,14 +5,15 @@
   ``embed_tokens``, ``tok_embeddings``, ``word_embeddings``, ...). A head tied to a table is the
   same tensor, updated once, with this role.
 - ``head``: the output projection onto the vocabulary: a 2-D tensor shaped like the largest table
-  (``V x D``, the weight of a ``Linear(D, V)``). A name in :data:`HEAD_NAMES` (``lm_head``,
-  ``output``, ...) settles which, when several have that shape; a model whose head is tied to its
-  table has no other head. Several candidates that no name settles are an error listing them.
+  (``V x D``, the weight of a ``Linear(D, V)``), or named ``lm_head``. A name in :data:`HEAD_NAMES`
+  (``lm_head``, ``output``, ...) settles which, when several have that shape; a model whose head is
+  tied to its table has no other head. Several candidates that no name settles are an error
+  listing them.
 - ``matrix``: every other tensor of 2 or more dimensions
 - ``vector``: the rest (biases, norm gains, scalars)
 
-The owner of a parameter ``a.b.weight`` is ``b``; of a bare ``a.pos_emb``, ``pos_emb``. A bare list of
-tensors has neither modules nor names, so its roles come from shapes alone (``matrix`` or
+The owner of a parameter ``a.b.weight`` is ``b``; of a bare ``a.pos_emb``, ``pos_emb``. A bare list
+of tensors has neither modules nor names, so its roles come from shapes alone (``matrix`` or
 ``vector``): :func:`token_roles_unknown` says so, and the optimizer refuses to guess when its
 recipe treats the token tables differently. Parameters that do not require a gradient get no role.
 """
@@ -93,14 +94,16 @@ def _tokens(model_or_params: nn.Module | Iterable) -> tuple[Named, set[int], boo
 def _head_candidates(named: Named, tables: set[int], tied: bool) -> tuple[list[str], list[str]]:
     """(names given the head role, names that could each be the head with nothing to choose).
 
-    A candidate is a 2-D tensor shaped like the largest table (``V x D``); with no table, a 2-D
-    tensor named like a head. Head names among the candidates settle it; a tied head leaves none.
+    A candidate is a 2-D tensor shaped like the largest table (``V x D``), or owned by ``lm_head``
+    (whatever its shape); with no table, any 2-D tensor named like a head. Head names among the
+    candidates settle it; a tied head leaves none.
     """
     shapes = [tuple(p.shape) for _, p in named if id(p) in tables]
     rows = max((s[0] for s in shapes), default=None)
     vocab = {s for s in shapes if s[0] == rows}
     candidates = [name for name, p in named if id(p) not in tables and p.ndim == 2
-                  and (tuple(p.shape) in vocab or (rows is None and owner(name) in HEAD_NAMES))]
+                  and (tuple(p.shape) in vocab or owner(name) == "lm_head"
+                       or (rows is None and owner(name) in HEAD_NAMES))]
     by_name = [name for name in candidates if owner(name) in HEAD_NAMES]
     if by_name or tied:
         return by_name, []

@@ -127,3 +127,9 @@ def test_named_parameters_of_the_proxies_get_the_models_roles() -> None:
 
     model = GPT(TIERS["tiny"].model)
     assert roles_of(model.named_parameters()) == roles_of(model)
+
+
+def test_lm_head_is_the_head_whatever_its_rows() -> None:
+    model = LM()
+    model.lm_head = nn.Linear(8, 48, bias=False)  # a vocabulary padded past the table's 40 rows
+    assert roles_of(model)["lm_head.weight"] == "head"
