@@ -3,6 +3,7 @@ error naming the extra; ``optispace search NAME`` finds a shipped search file.""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -18,8 +19,12 @@ ROOT = Path(__file__).parents[1]
 
 def test_the_wheel_carries_the_search_files_and_declares_the_extras(tmp_path: Path) -> None:
     pytest.importorskip("setuptools", reason="building a wheel without isolation needs setuptools")
+    # A copy of the sources: an in-tree build leaves build/ and *.egg-info behind.
+    source = tmp_path / "src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".*", "build", "dist", "*.egg-info", "__pycache__", "reports", "bench", "tests"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True, timeout=300)
+                    "-w", str(tmp_path), str(source)], check=True, capture_output=True, timeout=300)
     (wheel,) = tmp_path.glob("optispace-*.whl")
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
