@@ -5,16 +5,22 @@
   one chain per role, in the form a trial's ``structure`` attribute is written (every role present
   in the model needs one; the lr comes from ``--lr``);
 - ``study:NAME#N``: trial ``N`` of study ``NAME`` as trained: its ``trained_chain.<role>`` chains
-  and ``lr.<role>`` lrs; ``study:NAME`` is the study's best trial.
+  and ``lr.<role>`` lrs, and the study's training settings (tier, budget, data, schedule,
+  evaluation: what the search file's ``[proxy]`` gave each trial); ``study:NAME`` is the study's best
+  trial.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from optispace.chain import parse_chain
 from optispace.errors import UserError
 from optispace.roles import ROLES, check_role
+
+if TYPE_CHECKING:
+    from optispace.search.space import Configuration
 
 STUDY_PREFIX = "study:"
 
@@ -26,6 +32,8 @@ class RecipeArgument:
     recipe: str | dict[str, str]
     role_lr: dict[str, float] = field(default_factory=dict)
     source: str = ""
+    #: ``TrainConfig`` keyword arguments the study trained its trials with (seed and probes excepted).
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_structure(text: str) -> dict[str, str]:
@@ -46,10 +54,11 @@ def parse_structure(text: str) -> dict[str, str]:
     return out
 
 
-def recipe_argument(text: str, storage_url: str | None = None) -> RecipeArgument:
-    """Parse ``--recipe`` (module docstring); ``UserError`` for every mistake."""
+def recipe_argument(text: str, storage_url: str | None = None, data: str | None = None) -> RecipeArgument:
+    """Parse ``--recipe`` (module docstring); ``UserError`` for every mistake. ``data``: the caller
+    gives its own data, so a study's data path is not checked (it may not exist here)."""
     if text.startswith(STUDY_PREFIX):
-        return _from_trial(text.removeprefix(STUDY_PREFIX), storage_url)
+        return _from_trial(text.removeprefix(STUDY_PREFIX), storage_url, data)
     if ":" not in text:
         return RecipeArgument(text, source=f"recipe {text}")
     try:
@@ -58,10 +67,11 @@ def recipe_argument(text: str, storage_url: str | None = None) -> RecipeArgument
         raise UserError(f"--recipe: {e}") from None
 
 
-def _from_trial(ref: str, storage_url: str | None) -> RecipeArgument:
+def _from_trial(ref: str, storage_url: str | None, data: str | None) -> RecipeArgument:
     """The chains and lrs trial ``NAME#N`` (or the best trial of ``NAME``) trained."""
     import optuna
 
+    from optispace.search.space import Configuration, Draw
     from optispace.search.storage import default_url, open_storage
 
     name, sep, number = ref.partition("#")
@@ -85,9 +95,25 @@ def _from_trial(ref: str, storage_url: str | None) -> RecipeArgument:
     if missing:
         raise UserError(f"--recipe: trial {trial.number} of study {name!r} records no trained chain or lr "
                         f"for {', '.join(missing)}; it was not made by `optispace search`")
-    return RecipeArgument({role: attrs[f"trained_chain.{role}"] for role in ROLES},
-                          {role: float(attrs[f"lr.{role}"]) for role in ROLES},
-                          source=f"trial {trial.number} of study {name!r}")
+    configuration = Configuration({role: Draw(attrs.get(f"chain.{role}", ""), attrs[f"trained_chain.{role}"],
+                                              float(attrs[f"lr.{role}"]), {}) for role in ROLES})
+    search = study.user_attrs.get("search")
+    settings = _settings(search, name, configuration, data) if search else {}
+    source = f"trial {trial.number} of study {name!r}"
+    return RecipeArgument(configuration.recipe, configuration.role_lr, source, settings)
+
+
+def _settings(search: dict[str, Any], name: str, configuration: Configuration,
+              data: str | None) -> dict[str, Any]:
+    """The TrainConfig keyword arguments the study's trials had, but for seed, probes and recipe."""
+    from optispace.search.objective import train_config
+    from optispace.search.spec import parse_search_data
+
+    if data is not None:  # the caller's data replaces the study's (a path that may not exist here)
+        search = {**search, "proxy": {k: v for k, v in search.get("proxy", {}).items() if k != "data"}}
+    spec = parse_search_data(search, f"study {name!r} (its search file)")
+    config = train_config(spec, configuration, spec.seeds[0])
+    return {k: v for k, v in config.items() if k not in ("seed", "probes", "recipe", "role_lr", "lr")}
 
 
 def _best(study, name: str):

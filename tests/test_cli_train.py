@@ -66,12 +66,20 @@ def test_a_structure_trains_its_chains_at_the_given_lr(tmp_path):
     assert record["config"]["recipe"]["matrix"] == "momentum(0.9) > orthogonalize"
 
 
-def _study_with_a_trial(path, chains: dict, lrs: dict) -> None:
+SEARCH = {"study": {"name": "s", "question": "?"},
+          "proxy": {"tier": "tiny", "steps": 3, "eval_every": 3, "eval_batches": 1, "schedule": "constant",
+                    "data": "/where/the/search/ran/corpus.txt"},
+          "roles": {r: {"chain": "sign", "lr": 0.1} for r in ("embed", "head", "matrix", "vector")}}
+
+
+def _study_with_a_trial(path, chains: dict, lrs: dict, search: dict | None = None) -> None:
     import optuna
 
     from optispace.search.storage import open_storage
 
     study = optuna.create_study(study_name="s", storage=open_storage(str(path)))
+    if search is not None:
+        study.set_user_attr("search", search)
     attrs = {**{f"trained_chain.{r}": c for r, c in chains.items()}, **{f"lr.{r}": v for r, v in lrs.items()}}
     for value in (3.0, 2.0):
         study.add_trial(optuna.trial.create_trial(value=value, user_attrs=attrs))
@@ -87,6 +95,22 @@ def test_a_trial_of_a_study_is_retrained_with_its_chains_and_lrs(tmp_path, capsy
         record = _record(tmp_path, ref, "--storage", str(storage))
         assert record["config"]["recipe"] == chains and record["config"]["role_lr"] == lrs
     assert "trial 1 of study 's'" in capsys.readouterr().err  # the best one
+
+
+def test_a_trial_is_retrained_with_its_studys_settings_unless_the_command_line_gives_them(tmp_path):
+    storage = tmp_path / "studies.journal"
+    _study_with_a_trial(storage, dict.fromkeys(("embed", "head", "matrix", "vector"), "sign"),
+                        dict.fromkeys(("embed", "head", "matrix", "vector"), 0.01), SEARCH)
+    out = tmp_path / "run.json"
+    argv = ["train", "--recipe", "study:s#0", "--storage", str(storage), "--data", "zipf:n=5000",
+            "--out", str(out)]
+    assert main(argv) == 0
+    config = json.loads(out.read_text())["config"]
+    settings = (config["proxy"], config["steps"], config["schedule"], config["eval_batches"])
+    assert settings == ("tiny", 3, "constant", 1)
+    assert main([*argv, "--steps", "2", "--lr", "0.003"]) == 0
+    config = json.loads(out.read_text())["config"]
+    assert (config["steps"], config["lr"], config["role_lr"]) == (2, 0.003, {})
 
 
 @pytest.mark.parametrize("recipe, message", [
