@@ -15,6 +15,7 @@ parameter's own step count (a Python int), so a saved and resumed run continues 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -29,6 +30,7 @@ from primitives import Context, Workspace
 RecipeSpec = str | Recipe | Mapping[str, str | Chain]
 _SMALL_CPU_TENSOR = 1 << 18  # elements (1 MiB of fp32): below it, kernel count beats memory reuse
 _DERIVED_KEPT = 64  # chain texts derived from hyperparameters, kept for reuse
+log = logging.getLogger("optispace.optimizer")
 
 
 def resolve_recipe(
@@ -153,6 +155,7 @@ class Optimizer(torch.optim.Optimizer):
                     self._derived.clear()
                 self._derived[key] = str(self._recipe.chains(**hp)[group["role"]])
             if self._derived[key] != group["chain"]:
+                log.debug("%s chain now (hyperparameters changed): %s", group["role"], self._derived[key])
                 group["chain"] = self._derived[key]
                 self._allocate_missing(group, parse_chain(group["chain"]))
 

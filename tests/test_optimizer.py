@@ -336,7 +336,7 @@ def test_param_group_mistakes_name_the_group(groups, words: list[str]) -> None:
 
 @pytest.mark.parametrize(("recipe", "reference"),
                          [("adamw", torch.optim.AdamW), ("momentum", torch.optim.SGD)])
-def test_one_cycle_lr_cycles_betas_and_momentum_as_on_torch(recipe: str, reference) -> None:
+def test_one_cycle_lr_cycles_betas_and_momentum_as_on_torch(recipe: str, reference, caplog) -> None:
     from test_recipes import assert_params_close, make_model, train
 
     ours, ref = make_model(), make_model()
@@ -344,9 +344,11 @@ def test_one_cycle_lr_cycles_betas_and_momentum_as_on_torch(recipe: str, referen
     ref_opt = reference(ref.parameters(), lr=1e-2, **({"momentum": 0.9} if recipe == "momentum" else {}))
     schedules = [torch.optim.lr_scheduler.OneCycleLR(o, max_lr=1e-2, total_steps=10) for o in (opt, ref_opt)]
     first = opt.param_groups[0]["chain"]
-    train(ours, opt, schedules[0], steps=10)
+    with caplog.at_level("DEBUG", logger="optispace.optimizer"):
+        train(ours, opt, schedules[0], steps=10)
     train(ref, ref_opt, schedules[1], steps=10)
     assert opt.param_groups[0]["chain"] != first  # the chain followed the cycled momentum
+    assert opt.param_groups[0]["chain"] in caplog.text
     assert_params_close(ours, ref, 1e-6)
 
 
