@@ -129,7 +129,7 @@ def bench_table(device: torch.device, repeats: int) -> None:
     optimizers = {}
     for recipe in ("adam", "ember"):
         (p,) = parameters([TABLE], device)
-        optimizers[recipe] = Optimizer([("wte", p)], {"matrix": _table_chain(recipe)}, lr=1e-3)
+        optimizers[recipe] = Optimizer([("wte", p)], {"embed": _table_chain(recipe)}, lr=1e-3)
     stats = summary(time_steps({r: o.step for r, o in optimizers.items()}, repeats, device))
     print(f"2. One {rows} x {cols} table, ember / adam:")
     report_ratio("step time", stats, "ember", "adam")

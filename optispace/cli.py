@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -34,12 +35,37 @@ class _Parser(argparse.ArgumentParser):
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only ``command``'s module is imported to add its arguments."""
     parser = _Parser(prog="optispace", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"optispace {version()}")
+    verbosity = _Parser(add_help=False)
+    group = verbosity.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    group.add_argument("-v", "--verbose", action="store_true", help="log debug detail too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, help_text in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[verbosity])
         if name == command:
             _module(name).add_arguments(p)
     return parser
+
+
+def version() -> str:
+    """The installed distribution's version (``0+unknown`` when run from a source tree not installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("optispace")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def configure_logging(quiet: bool, verbose: bool) -> None:
+    """optispace's log lines (one per evaluation when stderr is no terminal) on stderr at INFO;
+    ``-q``: warnings only, ``-v``: debug too. Other libraries stay at WARNING."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    logging.getLogger("optispace").setLevel(level)
 
 
 def _module(name: str):
@@ -54,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    configure_logging(args.quiet, args.verbose)
     try:
         return int(_module(args.command).run(args) or 0)
     except UserError as e:

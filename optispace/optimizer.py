@@ -2,10 +2,11 @@
 
 ``Optimizer(model, "ember", lr=3e-3, role_lr={"embed": 1e-2}, beta2=0.99)`` is a real
 ``torch.optim.Optimizer``: one param group per role present (keys ``role``, ``chain`` (canonical
-text), ``lr``, ``param_names``, ``foreach``, plus the recipe's hyperparameters), so torch LR
-schedulers work. Each step, for each
-parameter with a gradient: ``u = chain(g)``, then ``p -= step_size * u`` (``step_size`` is the
-group's lr unless a scaling primitive changed it), in fp32 and cast back for bf16/fp16 parameters.
+text), ``lr``, ``param_names``, ``foreach``, plus a named recipe's ``recipe`` and hyperparameters,
+from which the chain is derived again when a scheduler changes them), so torch schedulers work.
+Each step, for each parameter with a gradient: ``u = chain(g)``, then ``p -= step_size * u``
+(``step_size`` is the group's lr unless a scaling primitive changed it), in fp32 and cast back for
+bf16/fp16 parameters.
 
 State is allocated when the optimizer is built, exactly what the chains declare, in fp32 whatever
 the parameter's dtype, under stable names (``momentum.m``, ``second_moment.v``) plus ``step``, the
@@ -14,6 +15,7 @@ parameter's own step count (a Python int), so a saved and resumed run continues 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -22,11 +24,13 @@ from torch import nn
 
 from optispace.chain import Chain, parse_chain
 from optispace.recipes import Recipe, check_lr, get_recipe
-from optispace.roles import ROLES, Override, assign_roles, check_role
+from optispace.roles import ROLES, Override, assign_roles, check_role, token_roles_unknown
 from primitives import Context, Workspace
 
 RecipeSpec = str | Recipe | Mapping[str, str | Chain]
 _SMALL_CPU_TENSOR = 1 << 18  # elements (1 MiB of fp32): below it, kernel count beats memory reuse
+_DERIVED_KEPT = 64  # chain texts derived from hyperparameters, kept for reuse
+log = logging.getLogger("optispace.optimizer")
 
 
 def resolve_recipe(
@@ -83,13 +87,18 @@ def state_bytes_for(
 class Optimizer(torch.optim.Optimizer):
     """One chain and one lr per parameter role (module docstring).
 
-    ``model_or_params``: an ``nn.Module`` (roles from its modules), or parameters (a list of tensors
-    or of ``(name, tensor)`` pairs; roles from shapes alone). ``roles``: an override, a mapping
-    ``{name: role}`` or a function ``(name, param) -> role | None``. ``lr`` sets every role's lr,
-    ``role_lr`` single roles'. ``foreach``: step a group's parameters with multi-tensor operations
-    (default: on accelerators, and on CPU for groups of small tensors; the same bits either way).
-    Every mistake (an unknown recipe, role or hyperparameter, a bad value, a chain that cannot act
-    on a parameter's shape) raises ``ValueError`` here, at build time.
+    ``model_or_params``: an ``nn.Module`` (roles from its modules); named parameters
+    (``model.named_parameters()``: roles from the names, ``optispace.roles``); a list of tensors
+    (roles from shapes alone, refused when the recipe treats embed or head unlike matrix); or torch
+    param-group dicts ``[{"params": ..., "lr": ..., "role": ..., <hyperparameter>: ...}]``, each
+    with its own lr and hyperparameters, as torch optimizers take them (``role``, optional, gives all
+    its parameters that role). ``roles``: an override, a mapping ``{name: role}``, a function
+    ``(name, param) -> role | None``, or the model the parameters come from. ``lr`` sets every
+    role's lr, ``role_lr`` single roles'; a group's own ``lr`` comes first. ``foreach``: step a
+    group's parameters with multi-tensor operations (default: on accelerators, and on CPU for groups
+    of small tensors; the same bits either way). Every mistake (an unknown recipe, role or
+    hyperparameter, a bad value, a chain that cannot act on a parameter's shape) raises
+    ``ValueError`` here, at build time.
     """
 
     def __init__(
@@ -99,18 +108,64 @@ class Optimizer(torch.optim.Optimizer):
     ) -> None:
         if isinstance(model_or_params, nn.Module):
             _refuse_sparse(model_or_params)
-        assigned = assign_roles(model_or_params, roles)
-        by_role: dict[str, list[tuple[str, nn.Parameter]]] = {}
-        for name, (role, p) in assigned.items():
-            by_role.setdefault(role, []).append((name, p))
-        present = [role for role in ROLES if role in by_role]
-        chains, lrs, hp = resolve_recipe(recipe, present, lr, role_lr, hyperparameters)
-        if not present:
+            source, options, given, group_of = model_or_params, [None], {}, {}
+        else:
+            source, options, given, group_of = _input_groups(model_or_params)
+        assigned = {name: (given.get(id(p), role), p) for name, (role, p) in
+                    assign_roles(source, roles).items()}
+        if not assigned:
             raise ValueError("optimizer: no trainable parameters (none requires a gradient)")
+        reason = None if roles is not None or given else token_roles_unknown(source)
+        if reason and _token_roles_matter(recipe, lr, role_lr, hyperparameters):
+            raise ValueError(f"optimizer: {reason}, and recipe {_recipe_name(recipe)} treats embed or head "
+                             "unlike matrix; pass the model, model.named_parameters(), or roles= (a "
+                             "{name: role} mapping, a function (name, param) -> role, or the model itself)")
+        self._recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
         self._workspace = Workspace()
-        groups = [{"params": by_role[role], "role": role, "chain": chains[role], "lr": lrs[role], **hp}
-                  for role in present]
-        super().__init__(groups, {"foreach": foreach})
+        self._derived: dict[tuple[str, str], str] = {}  # (role, hyperparameters) -> chain text
+        groups = []
+        for index, opts in enumerate(options):
+            members = {name: rp for name, rp in assigned.items() if group_of.get(id(rp[1]), 0) == index}
+            try:
+                groups += _role_groups(members, opts or {}, recipe, lr, role_lr, hyperparameters)
+            except ValueError as e:
+                raise ValueError(str(e) if opts is None else f"param group {index}: {e}") from None
+        _, _, default_hp = resolve_recipe(recipe, [], lr, role_lr, hyperparameters)
+        default_lr = lr if lr is not None else getattr(self._recipe, "lr", None)
+        defaults = {"foreach": foreach, **default_hp, **({} if default_lr is None else {"lr": default_lr})}
+        super().__init__(groups, defaults)
+
+    def _refresh_chains(self) -> None:
+        """Re-derive the chain text of each group that holds ``recipe`` from its hyperparameters.
+
+        A scheduler that sets a group's ``betas`` or ``momentum`` (OneCycleLR) changes the chain the
+        group runs, as it changes torch's AdamW or SGD; state a new primitive declares is allocated
+        (zeros, as torch's lazily made buffers start). Groups without ``recipe`` (a ``{role: chain}``
+        recipe's, or one added later with its own chain) keep their chain.
+        """
+        if not isinstance(self._recipe, Recipe):
+            return
+        for group in self.param_groups:
+            if group.get("recipe") != self._recipe.name:
+                continue
+            hp = {key: group[key] for key in self._recipe.defaults if key in group}
+            key = (group["role"], repr(sorted(hp.items())))
+            if key not in self._derived:
+                if len(self._derived) >= _DERIVED_KEPT:  # a scheduler may set new values every step
+                    self._derived.clear()
+                self._derived[key] = str(self._recipe.chains(**hp)[group["role"]])
+            if self._derived[key] != group["chain"]:
+                log.debug("%s chain now (hyperparameters changed): %s", group["role"], self._derived[key])
+                group["chain"] = self._derived[key]
+                self._allocate_missing(group, parse_chain(group["chain"]))
+
+    def _allocate_missing(self, group: dict[str, Any], chain: Chain) -> None:
+        """Allocate the state ``chain`` declares that the group's parameters do not have yet."""
+        for p in group["params"]:
+            state = self.state[p]
+            if any(spec.name not in state for spec in chain.state_specs(tuple(p.shape))):
+                for name, value in chain.init_state(tuple(p.shape), p.device).items():
+                    state.setdefault(name, value)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """torch's, for a group with ``role``, ``chain`` (text or Chain) and ``lr``.
@@ -141,9 +196,15 @@ class Optimizer(torch.optim.Optimizer):
             self.state[p] = {"step": 0, **chain.init_state(tuple(p.shape), p.device)}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        # torch pickles only defaults, state and param_groups: the scratch buffers start afresh.
+        # torch pickles defaults, state and param_groups (and the recipe, below): scratch buffers
+        # and the derived chain texts start afresh.
         super().__setstate__(state)
         self._workspace = Workspace()
+        self._recipe = state.get("_recipe", getattr(self, "_recipe", None))
+        self._derived = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "_recipe": self._recipe}
 
     def state_bytes(self) -> dict[str, int]:
         """Bytes of optimizer state per role, as allocated (equal to what the chains declare)."""
@@ -156,6 +217,7 @@ class Optimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One step for every parameter that has a gradient; the others are left alone."""
+        self._refresh_chains()
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -209,11 +271,13 @@ class Optimizer(torch.optim.Optimizer):
         torch would cast floating state to each parameter's dtype (bf16 state for bf16 parameters).
         """
         saved_groups = state_dict["param_groups"]
-        ours = [(g["role"], g["chain"]) for g in self.param_groups]
-        theirs = [(g.get("role"), g.get("chain")) for g in saved_groups]
+        # A named recipe's group matches by recipe: its chain text follows its hyperparameters.
+        ours = [(g["role"], g.get("recipe") or g["chain"]) for g in self.param_groups]
+        theirs = [(g.get("role"), g.get("recipe") or g.get("chain")) for g in saved_groups]
         if ours != theirs:
-            raise ValueError(f"load_state_dict: the checkpoint's (role, chain) groups {theirs} are not this "
-                             f"optimizer's {ours}; build the optimizer with the recipe it was saved with")
+            raise ValueError(f"load_state_dict: the checkpoint's (role, recipe or chain) {theirs} are not "
+                             f"this optimizer's {ours}; build the optimizer with the recipe it was saved "
+                             "with")
         super().load_state_dict(state_dict)
         index = {id(p): i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
         for group in self.param_groups:
@@ -223,6 +287,82 @@ class Optimizer(torch.optim.Optimizer):
                 for spec in chain.state_specs(tuple(p.shape)):
                     value = saved[spec.name]
                     self.state[p][spec.name] = value.to(device=p.device, dtype=spec.dtype, copy=True)
+
+
+_GROUP_KEYS = ("params", "role", "lr", "foreach")  # what a param group holds besides hyperparameters
+
+
+def _input_groups(
+    params: Iterable,
+) -> tuple[list, list[dict[str, Any] | None], dict[int, str], dict[int, int]]:
+    """(all parameters as one list, each group's options, id -> a group's ``role``, id -> group index).
+
+    A list of tensors or of ``(name, tensor)`` pairs is one group without options (``None``); torch
+    param-group dicts are flattened in order (bare tensors keep their position in the whole list as
+    their name, as torch's ``state_dict`` numbers them), and must all give tensors, or all pairs.
+    """
+    items = list(params)
+    if not items or not all(isinstance(x, Mapping) for x in items):
+        return items, [None], {}, {}
+    flat: list = []
+    options: list[dict[str, Any] | None] = []
+    given: dict[int, str] = {}
+    group_of: dict[int, int] = {}
+    for index, group in enumerate(items):
+        if "params" not in group:
+            raise ValueError(f"param group {index} has no 'params'")
+        members = group["params"]
+        members = [members] if isinstance(members, torch.Tensor) else list(members)
+        if "role" in group:
+            check_role(group["role"], f"param group {index}")
+        for item in members:
+            p = item[1] if isinstance(item, tuple) else item
+            if id(p) in group_of:
+                raise ValueError(f"param group {index}: a parameter is also in param group "
+                                 f"{group_of[id(p)]}; each parameter belongs to one group")
+            group_of[id(p)] = index
+            if "role" in group:
+                given[id(p)] = group["role"]
+        flat += members
+        options.append({k: v for k, v in group.items() if k not in ("params", "role")})
+    if len({isinstance(x, tuple) for x in flat}) > 1:
+        raise ValueError("param groups: give every group tensors, or every group (name, tensor) pairs")
+    return flat, options, given, group_of
+
+
+def _role_groups(
+    members: dict[str, tuple[str, nn.Parameter]], opts: Mapping[str, Any], recipe: RecipeSpec,
+    lr: float | None, role_lr: Mapping[str, float] | None, hyperparameters: Mapping[str, Any],
+) -> list[dict[str, Any]]:
+    """One torch param group per role among ``members``, in ROLES order, with the input group's own
+    lr (before ``role_lr`` and ``lr``), hyperparameters (before the keyword ones) and ``foreach``."""
+    present = [role for role in ROLES if any(r == role for r, _ in members.values())]
+    if "lr" in opts:
+        lr, role_lr = opts["lr"], None
+    own = {k: v for k, v in opts.items() if k not in _GROUP_KEYS}
+    chains, lrs, hp = resolve_recipe(recipe, present, lr, role_lr, {**hyperparameters, **own})
+    extra = {"foreach": opts["foreach"]} if "foreach" in opts else {}
+    if not isinstance(recipe, Mapping):  # the chain follows the hyperparameters (_refresh_chains)
+        extra["recipe"] = recipe if isinstance(recipe, str) else recipe.name
+    return [{"params": [(name, p) for name, (r, p) in members.items() if r == role], "role": role,
+             "chain": chains[role], "lr": lrs[role], **hp, **extra} for role in present]
+
+
+def _token_roles_matter(recipe: RecipeSpec, lr: float | None, role_lr: Mapping[str, float] | None,
+                        hyperparameters: Mapping[str, Any]) -> bool:
+    """Does the recipe give ``embed`` or ``head`` another chain or lr than ``matrix``?"""
+    covered = [r for r in ROLES if not isinstance(recipe, Mapping) or r in recipe]
+    # The lr plays no part in the chains; 0 stands in for a {role: chain} recipe's missing one.
+    chains, _, _ = resolve_recipe(recipe, covered, 0.0, None, hyperparameters)
+    lrs = dict(role_lr or {})
+    return any((role in chains and chains[role] != chains.get("matrix"))
+               or (role in lrs and lrs[role] != lrs.get("matrix", lr)) for role in ("embed", "head"))
+
+
+def _recipe_name(recipe: RecipeSpec) -> str:
+    if isinstance(recipe, Recipe):
+        return repr(recipe.name)
+    return repr(recipe) if isinstance(recipe, str) else "{role: chain}"
 
 
 def _grouped(params: list[torch.Tensor], foreach: bool | None) -> bool:

@@ -1,6 +1,8 @@
 """``optispace train``: a run end to end, its JSON record, and one-line exit-2 errors for bad input."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -46,3 +48,103 @@ def test_bad_input_exits_2_with_one_line(extra, message, capsys, monkeypatch):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+STRUCTURE = ("embed: sign | head: sign | matrix: momentum(0.9) > orthogonalize | "
+             "vector: momentum(0.9, bias_correction=True)")
+
+
+def _record(tmp_path, *args: str) -> dict:
+    out = tmp_path / "run.json"
+    assert main([*TINY[:2], *args, *TINY[3:], "--steps", "2", "--out", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def test_a_structure_trains_its_chains_at_the_given_lr(tmp_path):
+    record = _record(tmp_path, STRUCTURE, "--lr", "0.01")
+    assert record["config"]["recipe"]["vector"] == "momentum(0.9)"
+    assert record["config"]["recipe"]["matrix"] == "momentum(0.9) > orthogonalize"
+
+
+SEARCH = {"study": {"name": "s", "question": "?"},
+          "proxy": {"tier": "tiny", "steps": 3, "eval_every": 3, "eval_batches": 1, "schedule": "constant",
+                    "data": "/where/the/search/ran/corpus.txt"},
+          "roles": {r: {"chain": "sign", "lr": 0.1} for r in ("embed", "head", "matrix", "vector")}}
+
+
+def _study_with_a_trial(path, chains: dict, lrs: dict, search: dict | None = None) -> None:
+    import optuna
+
+    from optispace.search.storage import open_storage
+
+    study = optuna.create_study(study_name="s", storage=open_storage(str(path)))
+    if search is not None:
+        study.set_user_attr("search", search)
+    attrs = {**{f"trained_chain.{r}": c for r, c in chains.items()}, **{f"lr.{r}": v for r, v in lrs.items()}}
+    for value in (3.0, 2.0):
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs=attrs))
+
+
+def test_a_trial_of_a_study_is_retrained_with_its_chains_and_lrs(tmp_path, capsys):
+    chains = {"embed": "second_moment(factored)", "head": "sign", "matrix": "momentum(0.9)",
+              "vector": "identity"}
+    lrs = {"embed": 0.01, "head": 0.002, "matrix": 0.003, "vector": 0.004}
+    storage = tmp_path / "studies.journal"
+    _study_with_a_trial(storage, chains, lrs)
+    for ref in ("study:s#0", "study:s"):
+        record = _record(tmp_path, ref, "--storage", str(storage))
+        assert record["config"]["recipe"] == chains and record["config"]["role_lr"] == lrs
+    assert "trial 1 of study 's'" in capsys.readouterr().err  # the best one
+
+
+def test_a_trial_is_retrained_with_its_studys_settings_unless_the_command_line_gives_them(tmp_path):
+    storage = tmp_path / "studies.journal"
+    _study_with_a_trial(storage, dict.fromkeys(("embed", "head", "matrix", "vector"), "sign"),
+                        dict.fromkeys(("embed", "head", "matrix", "vector"), 0.01), SEARCH)
+    out = tmp_path / "run.json"
+    argv = ["train", "--recipe", "study:s#0", "--storage", str(storage), "--data", "zipf:n=5000",
+            "--out", str(out)]
+    assert main(argv) == 0
+    config = json.loads(out.read_text())["config"]
+    settings = (config["proxy"], config["steps"], config["schedule"], config["eval_batches"])
+    assert settings == ("tiny", 3, "constant", 1)
+    assert main([*argv, "--steps", "2", "--lr", "0.003"]) == 0
+    config = json.loads(out.read_text())["config"]
+    assert (config["steps"], config["lr"], config["role_lr"]) == (2, 0.003, {})
+
+
+@pytest.mark.parametrize("recipe, message", [
+    ("embed: sign | matrix: sign", "--lr: a structure has no lr"),
+    ("embed: sgn", "role embed: chain 'sgn', column 1"),
+    ("hidden: sign", "unknown role 'hidden'"),
+    ("study:s#x", "study:NAME#TRIAL"),
+    ("study:nope#0", "no study 'nope'"),
+    ("study:s#7", "no trial 7"),
+])
+def test_bad_structures_and_trials_exit_2_with_one_line(recipe, message, tmp_path, capsys):
+    storage = tmp_path / "studies.journal"
+    _study_with_a_trial(storage, dict.fromkeys(("embed", "head", "matrix", "vector"), "sign"),
+                        dict.fromkeys(("embed", "head", "matrix", "vector"), 0.1))
+    assert main([*TINY[:2], recipe, *TINY[3:], "--storage", str(storage), "--steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("optispace ")
+
+
+@pytest.mark.parametrize("flag, lines", [([], 1), (["-q"], 0)])
+def test_off_a_terminal_each_evaluation_logs_one_line_unless_quiet(flag, lines):
+    argv = [sys.executable, "-m", "optispace.cli", *TINY, "--steps", "4", *flag]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count(" optispace.train: step ") == lines
+
+
+def test_a_tracker_without_its_library_exits_2_naming_the_extra(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    assert main([*TINY, "--steps", "2", "--wandb", "proj"]) == 2
+    assert "pip install 'optispace[wandb]'" in capsys.readouterr().err

@@ -257,3 +257,146 @@ def test_a_state_dict_from_another_chain_is_refused() -> None:
     saved = Optimizer(model, "adamw").state_dict()
     with pytest.raises(ValueError, match="build the optimizer with the recipe it was saved with"):
         Optimizer(model, "ember").load_state_dict(saved)
+
+
+@pytest.mark.parametrize("params", [lambda m: m.parameters(), lambda m: [p for n, p in m.named_parameters()
+                                                                         if n != "lm_head.weight"]])
+def test_a_bare_parameter_iterator_is_refused_when_the_recipe_treats_token_tables_apart(params) -> None:
+    with pytest.raises(ValueError, match=r"without names .*recipe 'ember' .*pass the model, "
+                                         r"model.named_parameters\(\), or roles="):
+        Optimizer(params(LM()), "ember")
+
+
+def test_unrecognised_names_are_refused_when_the_recipe_treats_token_tables_apart() -> None:
+    named = [(n.replace("wte", "table"), p) for n, p in LM().named_parameters()]
+    with pytest.raises(ValueError, match="no parameter is named like a token table"):
+        Optimizer(named, "muon")
+    Optimizer(named, "adamw")  # the same chain on every role: nothing to tell apart
+
+
+def test_a_bare_iterator_is_taken_when_roles_are_given_or_do_not_matter() -> None:
+    model = LM()
+    by_model = Optimizer(model.parameters(), "ember", roles=model).param_groups
+    assert [g["chain"] for g in by_model] == [g["chain"] for g in Optimizer(model, "ember").param_groups]
+    assert [g["role"] for g in Optimizer(model.parameters(), "adamw").param_groups] == ["matrix", "vector"]
+
+
+def test_defaults_and_groups_hold_the_recipes_hyperparameters() -> None:
+    opt = Optimizer(LM(), "adamw", lr=2e-3, eps=1e-6)
+    assert opt.defaults == {"foreach": None, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 1e-2,
+                            "lr": 2e-3}
+    assert all(g["betas"] == (0.9, 0.999) and g["eps"] == 1e-6 for g in opt.param_groups)
+    assert Optimizer(LM(), "muon").defaults["momentum"] == 0.95
+
+
+def _torch_groups(model: nn.Module) -> list[dict]:
+    """HF Trainer's split (no decay on biases and norms) with a group lr, as torch takes it."""
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    rest = [p for n, p in model.named_parameters() if p.ndim < 2]
+    return [{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0, "lr": 3e-3}]
+
+
+def test_torch_param_group_dicts_step_as_torch_adamw() -> None:
+    from test_recipes import assert_params_close, make_model, train
+
+    ours, ref = make_model(), make_model()
+    opt = Optimizer(_torch_groups(ours), "adamw", lr=1e-2)
+    assert [(g["role"], g["lr"], g["weight_decay"]) for g in opt.param_groups] == [
+        ("matrix", 1e-2, 0.1), ("vector", 3e-3, 0.0)]
+    train(ours, opt, steps=10)
+    train(ref, torch.optim.AdamW(_torch_groups(ref), lr=1e-2), steps=10)
+    assert_params_close(ours, ref, 1e-6)
+
+
+def test_param_groups_take_a_role_and_named_parameters() -> None:
+    model = LM()
+    rest = [p for n, p in model.named_parameters() if n != "wte.weight"]
+    opt = Optimizer([{"params": [model.wte.weight], "role": "embed", "lr": 0.5}, {"params": rest}], "ember",
+                    lr=0.1)
+    assert [(g["role"], g["lr"]) for g in opt.param_groups] == [("embed", 0.5), ("matrix", 0.1),
+                                                                 ("vector", 0.1)]
+    named = Optimizer([{"params": list(model.named_parameters()), "beta2": 0.9}], "ember")
+    assert [g["role"] for g in named.param_groups] == ["embed", "head", "matrix", "vector"]
+    assert named.param_groups[0]["chain"] == "second_moment(factored, beta2=0.9)"
+
+
+@pytest.mark.parametrize(("groups", "words"), [
+    (lambda m: [{"params": m.parameters(), "beta1": 0.9}],
+     ["param group 0", "unknown hyperparameter(s) beta1"]),
+    (lambda m: [{"params": [m.wte.weight]}, {"params": [m.wte.weight]}], ["also in param group 0"]),
+    (lambda m: [{"params": [m.wte.weight], "role": "table"}], ["param group 0", "unknown role 'table'"]),
+    (lambda m: [{"params": [m.wte.weight]}, {"params": [("b", m.mix.bias)]}], ["every group tensors"]),
+    (lambda m: [{"lr": 0.1}], ["param group 0 has no 'params'"]),
+])
+def test_param_group_mistakes_name_the_group(groups, words: list[str]) -> None:
+    with pytest.raises(ValueError) as e:
+        Optimizer(groups(LM()), "adamw")
+    assert all(w in str(e.value) for w in words)
+
+
+@pytest.mark.parametrize(("recipe", "reference"),
+                         [("adamw", torch.optim.AdamW), ("momentum", torch.optim.SGD)])
+def test_one_cycle_lr_cycles_betas_and_momentum_as_on_torch(recipe: str, reference, caplog) -> None:
+    from test_recipes import assert_params_close, make_model, train
+
+    ours, ref = make_model(), make_model()
+    opt = Optimizer(ours, recipe, lr=1e-2)
+    ref_opt = reference(ref.parameters(), lr=1e-2, **({"momentum": 0.9} if recipe == "momentum" else {}))
+    schedules = [torch.optim.lr_scheduler.OneCycleLR(o, max_lr=1e-2, total_steps=10) for o in (opt, ref_opt)]
+    first = opt.param_groups[0]["chain"]
+    with caplog.at_level("DEBUG", logger="optispace.optimizer"):
+        train(ours, opt, schedules[0], steps=10)
+    train(ref, ref_opt, schedules[1], steps=10)
+    assert opt.param_groups[0]["chain"] != first  # the chain followed the cycled momentum
+    assert opt.param_groups[0]["chain"] in caplog.text
+    assert_params_close(ours, ref, 1e-6)
+
+
+def test_a_scheduler_turning_momentum_on_allocates_its_state() -> None:
+    from test_recipes import assert_params_close, make_model, train
+
+    ours, ref = make_model(), make_model()
+    opt, ref_opt = Optimizer(ours, "sgd", lr=1e-2), torch.optim.SGD(ref.parameters(), lr=1e-2)
+    assert opt.param_groups[0]["chain"] == "identity"
+    schedules = [torch.optim.lr_scheduler.OneCycleLR(o, max_lr=1e-2, total_steps=10) for o in (opt, ref_opt)]
+    train(ours, opt, schedules[0], steps=10)
+    train(ref, ref_opt, schedules[1], steps=10)
+    assert "momentum.m" in opt.state[ours.wte.weight]
+    assert_params_close(ours, ref, 1e-6)
+
+
+def test_a_group_added_with_its_own_chain_keeps_it_when_hyperparameters_change() -> None:
+    model, extra = LM(), nn.Parameter(torch.zeros(4))
+    opt = Optimizer(model, "adamw")
+    opt.add_param_group({"params": [("extra", extra)], "role": "vector", "chain": "sign", "lr": 0.1})
+    for group in opt.param_groups:
+        group["betas"] = (0.5, 0.999)
+    extra.grad = torch.ones(4)
+    opt.step()
+    assert [g["chain"].split(" > ")[1] for g in opt.param_groups[:-1]] == ["momentum(0.5)"] * 4
+    assert opt.param_groups[-1]["chain"] == "sign"
+
+
+def test_resume_under_a_scheduler_cycling_betas_continues_bit_for_bit() -> None:
+    def build(model: nn.Module) -> tuple[Optimizer, torch.optim.lr_scheduler.OneCycleLR]:
+        opt = Optimizer(model, "ember", lr=1e-2)
+        return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=6)
+
+    def steps(model: nn.Module, opt: Optimizer, sched, seeds: range) -> None:
+        for seed in seeds:
+            loss_step(model, opt, seed)
+            sched.step()
+
+    straight = LM()
+    opt, sched = build(straight)
+    steps(straight, opt, sched, range(3))
+    saved = ({k: v.clone() for k, v in straight.state_dict().items()}, _roundtrip(opt), sched.state_dict())
+    steps(straight, opt, sched, range(3, 6))
+
+    resumed = LM()
+    resumed.load_state_dict(saved[0])
+    opt2, sched2 = build(resumed)  # its chains are at the scheduler's first betas, the checkpoint's not
+    opt2.load_state_dict(saved[1])
+    sched2.load_state_dict(saved[2])
+    steps(resumed, opt2, sched2, range(3, 6))
+    assert all(torch.equal(a, b) for a, b in zip(straight.parameters(), resumed.parameters(), strict=True))

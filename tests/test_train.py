@@ -139,6 +139,30 @@ def test_on_eval_sees_every_evaluation():
     assert [s for s, _, _ in seen] == [10, 20, 25]  # the last step is always evaluated
 
 
+def test_callbacks_see_every_evaluation_with_its_speed_and_stderr_gets_one_log_line_each(caplog, monkeypatch):
+    points = []
+
+    class Evals:
+        def on_eval(self, point):
+            points.append(point)
+
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False)
+    with caplog.at_level("INFO", logger="optispace.train"):
+        record = train(tiny(tokens=25 * TINY.tokens_per_step), callbacks=[Evals()], progress=False)
+    assert [{k: v for k, v in p.items() if k != "tokens_per_s"} for p in points] == record.curve
+    assert all(p["tokens_per_s"] > 0 for p in points)
+    lines = [r.getMessage() for r in caplog.records if r.name == "optispace.train"]
+    assert [line.split(":")[0] for line in lines] == ["step 10/25", "step 20/25", "step 25/25"]
+    assert f"val loss {record.final_val_loss:.4f}" in lines[-1] and "tokens/s" in lines[-1]
+
+
+def test_no_log_lines_on_a_terminal(caplog, monkeypatch):
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    with caplog.at_level("INFO", logger="optispace.train"):
+        train(tiny(tokens=10 * TINY.tokens_per_step), progress=False)
+    assert not [r for r in caplog.records if r.name == "optispace.train"]
+
+
 @given(schedule=st.sampled_from(["cosine", "linear", "wsd", "constant"]), steps=st.integers(1, 300),
        warmup=st.floats(0, 0.5))
 def test_schedule_warms_up_then_decays_without_reaching_zero(schedule, steps, warmup):

@@ -7,7 +7,8 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", help="the search file (TOML), e.g. searches/quickstart.toml")
+    parser.add_argument("file", help="the search file (TOML), e.g. searches/quickstart.toml, or the name of "
+                        "one shipped with optispace (quickstart, smoke, ...)")
     parser.add_argument(
         "--storage",
         default=None,
@@ -33,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from optispace.bundled import search_file
     from optispace.errors import UserError
     from optispace.search.run import run_search
     from optispace.search.spec import parse_search
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     ):
         if value is not None and value < low:
             raise UserError(f"{flag} must be an integer >= {low}, not {value}")
-    spec = parse_search(args.file)
+    spec = parse_search(search_file(args.file))
     url = args.storage or default_url()
     summary = run_search(
         spec,

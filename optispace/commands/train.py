@@ -5,20 +5,27 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 
 from optispace.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--recipe", required=True, help="recipe name (see `optispace recipes`)")
-    parser.add_argument("--proxy", default="small", help="tier: tiny, small, medium or base (default small)")
+    parser.add_argument("--recipe", required=True,
+                        help="a recipe name (see `optispace recipes`); a structure, chain text per role "
+                        "('embed: CHAIN | head: CHAIN | matrix: CHAIN | vector: CHAIN', with --lr); or "
+                        "study:NAME#TRIAL (study:NAME: its best trial) to retrain a trial's chains and lrs "
+                        "with the study's tier, budget, data and schedule (options given here come first)")
+    parser.add_argument("--storage", help="where study:NAME lives (default: as for `optispace search`)")
+    parser.add_argument("--proxy", help="tier: tiny, small, medium or base (default small, or the study's)")
     budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--tokens", type=int, help="token budget (default: the tier's)")
+    budget.add_argument("--tokens", type=int, help="token budget (default: the tier's, or the study's)")
     budget.add_argument("--steps", type=int, help="number of steps instead of a token budget")
-    parser.add_argument("--lr", type=float, help="learning rate for every role (default: the recipe's)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the batches")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--lr", type=float, help="learning rate for every role (default: the recipe's, or "
+                        "the trial's lrs for study:NAME#TRIAL)")
+    parser.add_argument("--seed", type=int, help="seed of the initialisation and the batches (default 0)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto, or the study's")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (worth it on a GPU)")
     parser.add_argument("--data", help="stdlib (default), stdlib:no-tests, zipf[:s=,v=,n=], a text file or "
                         "folder, a .bin shard or a folder of shards")
@@ -26,25 +33,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="write the run record (config, corpus, curve) as JSON here")
     parser.add_argument("--checkpoint", type=Path, help="checkpoint file, rewritten at each evaluation")
     parser.add_argument("--resume", type=Path, help="continue from this checkpoint")
+    parser.add_argument("--tensorboard", metavar="DIR", help="log each evaluation to TensorBoard event files "
+                        "in DIR (extra: optispace[tensorboard])")
+    parser.add_argument("--wandb", metavar="PROJECT", help="log each evaluation to a Weights & Biases run "
+                        "in PROJECT (extra: optispace[wandb])")
 
 
 def run(args: argparse.Namespace) -> int:
     from optispace.proxies import TIERS, TrainConfig, train
+    from optispace.structure import recipe_argument
 
+    recipe = recipe_argument(args.recipe, args.storage, args.data)
+    if isinstance(recipe.recipe, dict) and not recipe.role_lr and args.lr is None:
+        raise UserError("--lr: a structure has no lr of its own; give --lr")
+    given = {"proxy": args.proxy, "tokens": args.tokens, "lr": args.lr, "seed": args.seed,
+             "device": args.device, "data": args.data, "compile": args.compile or None}
+    # A study's settings, then what the command line gives; an explicit --lr replaces a trial's lrs.
+    settings = recipe.settings | {k: v for k, v in given.items() if v is not None}
+    role_lr = recipe.role_lr if args.lr is None else {}
     probes = tuple(name for name in args.probes.split(",") if name)
-    cfg = TrainConfig(recipe=args.recipe, proxy=args.proxy, tokens=args.tokens, lr=args.lr, seed=args.seed,
-                      device=args.device, data=args.data, probes=probes, compile=args.compile)
+    cfg = TrainConfig(recipe=recipe.recipe, role_lr=role_lr, probes=probes, **settings)
     if args.steps is not None:
         if args.steps <= 0:
             raise UserError(f"--steps: {args.steps} is not a positive number of steps")
-        cfg = dataclasses.replace(cfg, tokens=args.steps * TIERS[args.proxy].tokens_per_step)
+        cfg = dataclasses.replace(cfg, tokens=args.steps * TIERS[cfg.proxy].tokens_per_step)
     if args.out is not None and not args.out.parent.is_dir():
         raise UserError(f"--out: folder {args.out.parent} does not exist")
-    record = train(cfg, checkpoint=args.checkpoint, resume=args.resume)
+    if recipe.role_lr:
+        print(f"training the chains and lrs of {recipe.source}"
+              + (", with its study's settings where the command line gives none" if recipe.settings else ""),
+              file=sys.stderr)
+    record = train(cfg, callbacks=trackers(args), checkpoint=args.checkpoint, resume=args.resume)
     if args.out is not None:
         args.out.write_text(record.to_json() + "\n")
     print(summary(record))
     return 1 if record.diverged else 0
+
+
+def trackers(args: argparse.Namespace) -> list:
+    """The loggers ``--tensorboard`` and ``--wandb`` ask for (``optispace.loggers``)."""
+    from optispace.loggers import TensorBoardLogger, WandbLogger
+
+    out: list = []
+    if args.tensorboard:
+        out.append(TensorBoardLogger(args.tensorboard))
+    if args.wandb:
+        out.append(WandbLogger(project=args.wandb))
+    return out
 
 
 def summary(record) -> str:

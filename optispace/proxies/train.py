@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,6 +34,7 @@ SCHEDULES = ("cosine", "linear", "wsd", "constant")
 WSD_DECAY = 0.2  # warmup-stable-decay: linear decay over the last 20% of steps (Hagele et al. 2024)
 DIVERGENCE_FACTOR = 2.0  # a loss above twice that of a uniform guess (2 ln V) counts as diverged
 CHECKPOINT_FORMAT = 1
+log = logging.getLogger("optispace.train")
 
 
 @dataclass(frozen=True)
@@ -225,6 +228,7 @@ class _Run:
                     break
                 if checkpoint is not None:
                     self.save_checkpoint(checkpoint, step, record.curve[-1]["elapsed_s"])
+                self.report({**record.curve[-1], "tokens_per_s": tokens_per_s})
                 if on_eval is not None:
                     on_eval(step, step * tokens_per_step, val_loss)
         if done:
@@ -232,6 +236,16 @@ class _Run:
         record.wall_time_s = elapsed_before + time.perf_counter() - t_start
         if not record.diverged and record.curve:
             record.final_val_loss = record.curve[-1]["val_loss"]
+
+    def report(self, point: dict[str, Any]) -> None:
+        """Hand an evaluation to the callbacks' ``on_eval``; when stderr is not a terminal (no progress
+        bar there), also log it as one line (logger ``optispace.train``, level INFO)."""
+        for cb in self.callbacks:
+            if hasattr(cb, "on_eval"):
+                cb.on_eval(point)
+        if not sys.stderr.isatty():
+            log.info("step %d/%d: %s tokens, val loss %.4f, %s tokens/s", point["step"], self.steps,
+                     f"{point['tokens']:,}", point["val_loss"], f"{point['tokens_per_s']:,.0f}")
 
     def train_step(self, step: int) -> float:
         """One update; returns the training loss, or marks the record diverged (no update made)."""

@@ -282,6 +282,11 @@ def parse_search_text(text: str, path: str = "<search>") -> SearchSpec:
         if "at end of document" in message:
             message += f" (line {max(1, len(text.splitlines()))})"
         raise UserError(f"{path}: invalid TOML: {message}") from None
+    return parse_search_data(raw, path, text)
+
+
+def parse_search_data(raw: dict[str, Any], path: str = "<search>", text: str = "") -> SearchSpec:
+    """Validate a search file's tables already parsed (``text``, when known, places keys on lines)."""
     file = _File(path, text)
     top = _Table(file, (), raw)
     study = top.table("study")

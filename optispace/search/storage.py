@@ -33,7 +33,7 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from optispace.errors import UserError
+from optispace.errors import UserError, require
 from optispace.search.interrupts import deferred
 
 #: Overrides the default location (a path or an RDB URL), e.g. for tests or a shared disk.
@@ -231,6 +231,8 @@ def _open(url: str, heartbeat_s: int, grace_s: int) -> JournalFileStorage | Hear
             heartbeat_stale_trial_callback=RetryConfiguration(),
         )
     except (ImportError, ModuleNotFoundError) as e:
+        if url.partition("://")[0] in ("postgresql", "postgresql+psycopg2"):  # SQLAlchemy's default driver
+            require("psycopg2", "postgres", f"storage {_redact(url)}")
         raise UserError(f"storage {_redact(url)}: its database driver is missing ({e})") from None
     except Exception as e:  # SQLAlchemy's and the driver's errors have no common base worth naming
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

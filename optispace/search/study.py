@@ -14,7 +14,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from optispace.errors import UserError
+from optispace.errors import UserError, require
 from optispace.search.spec import SearchSpec
 
 
@@ -53,6 +53,7 @@ def make_sampler(spec: SearchSpec, seed: int) -> optuna.samplers.BaseSampler:
         if spec.sampler == "grid":
             return _GridSampler(seed=seed)
         if spec.sampler == "gp":
+            require("scipy", "gp", 'sampler = "gp"')
             # Conditional parameters (beta1 only with a momentum) fall back to random sampling
             # by design; Optuna would warn about each of them.
             return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
