@@ -25,9 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rank-offset",
         type=int,
-        default=None,
-        help="rank of the first local worker; each worker's sampler seed derives from its rank "
-        "(default: one above the ranks running on other hosts, else 0)",
+        default=0,
+        help="rank of the first local worker, recorded on its trials as 'worker' to tell hosts apart "
+        "(default 0; sampling depends on the study seed and trial numbers, not on ranks)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections import Counter
@@ -35,8 +37,8 @@ from optispace.search.interrupts import deferred, interrupts_raise
 from optispace.search.objective import Objective, Trainer, proxy_trainer
 from optispace.search.space import grid_size
 from optispace.search.spec import SearchSpec
-from optispace.search.storage import claim, claimed_elsewhere, open_storage
-from optispace.search.study import open_study, worker_seed
+from optispace.search.storage import claim, open_storage
+from optispace.search.study import open_study
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 LIVE = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
@@ -168,7 +170,7 @@ def work(
     """One worker: run trials until the study has ``n_trials`` finished ones."""
     _use_threads(threads)
     storage = open_storage(url)
-    study = open_study(spec, storage, name, worker_seed(spec.seed, rank))
+    study = open_study(spec, storage, name)
     objective = Objective(spec, trainer)
     crashes = 0
     with interrupts_raise():
@@ -192,7 +194,12 @@ def work(
 def _worker_main(
     spec: SearchSpec, url: str, name: str, n_trials: int, rank: int, trainer: Trainer, threads: int | None
 ) -> None:
-    """Entry point of a worker process: errors become one line on stderr and exit code 2."""
+    """Entry point of a worker process: errors become one line on stderr and exit code 2.
+
+    The worker ends with its parent (:func:`_end_with_parent`), so a killed ``optispace search``
+    leaves no worker running unseen beside the one a rerun starts.
+    """
+    _end_with_parent(os.getppid())
     try:
         work(spec, url, name, n_trials, rank, trainer, threads=threads)
     except UserError as e:
@@ -200,6 +207,21 @@ def _worker_main(
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def _end_with_parent(parent: int) -> None:
+    """SIGTERM this process once its parent is gone (its parent pid changes when it is re-parented).
+
+    A thread polls rather than Linux's parent-death signal so that it works on every platform;
+    SIGTERM, not SIGKILL, so the running trial is recorded as interrupted and queued again.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(POLL_S)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="optispace-parent-watch", daemon=True).start()
 
 
 def cpu_threads(spec: SearchSpec, workers: int) -> int | None:
@@ -237,13 +259,14 @@ def run_search(
     name: str | None = None,
     n_trials: int | None = None,
     workers: int = 1,
-    rank_offset: int | None = None,
+    rank_offset: int = 0,
     trainer: Trainer = proxy_trainer,
     progress: bool = True,
 ) -> Summary:
     """Run (or resume, or join) the study of ``spec`` until it has ``n_trials`` finished trials.
 
-    ``rank_offset``: the rank of the first local worker; by default :func:`first_free_rank`.
+    ``rank_offset``: the rank of the first local worker, a label recorded on its trials (the
+    sampler's seeds come from the study seed and the trial numbers, never from ranks).
     """
     name = name or spec.name
     n_trials = n_trials or spec.trials
@@ -254,33 +277,13 @@ def run_search(
                 f"the grid of {spec.path} has {size} configurations; ask for at most {size} trials"
             )
     storage = open_storage(url)
-    study = open_study(spec, storage, name, worker_seed(spec.seed, rank_offset or 0))
-    if rank_offset is None:
-        rank_offset = first_free_rank(study)
-        if rank_offset > 0:
-            print(
-                f"optispace search: joining study {name!r}: ranks below {rank_offset} run on other hosts; "
-                f"this machine's workers take ranks {rank_offset} to {rank_offset + workers - 1}",
-                file=sys.stderr,
-            )
+    study = open_study(spec, storage, name)
     with _Progress(study, n_trials, enabled=progress) as bar:
         if workers == 1:
             work(spec, url, name, n_trials, rank_offset, trainer, bar.update, cpu_threads(spec, 1))
         else:
             _run_processes(spec, url, name, n_trials, range(rank_offset, rank_offset + workers), trainer, bar)
     return Summary(name, counts(study), _best(study))
-
-
-def first_free_rank(study: optuna.Study) -> int:
-    """One above the highest worker rank now running on another host; 0 when none does.
-
-    So a machine joining a study draws its own sampler seeds instead of repeating those of the
-    machines at work (two machines starting at the same moment can still pick the same ranks:
-    wasteful, not wrong).
-    """
-    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    ranks = [t.user_attrs["worker"] for t in running if "worker" in t.user_attrs and claimed_elsewhere(t)]
-    return max(ranks) + 1 if ranks else 0
 
 
 def _run_processes(

@@ -75,12 +75,6 @@ def _own_claim(trial: FrozenTrial) -> dict | None:
     return mark if isinstance(mark, dict) and mark["at"] >= _started(trial) else None
 
 
-def claimed_elsewhere(trial: FrozenTrial) -> bool:
-    """The trial is run by a worker on another host."""
-    mark = _own_claim(trial)
-    return mark is not None and mark["host"] != socket.gethostname()
-
-
 def _started(trial: FrozenTrial) -> float:
     return trial.datetime_start.timestamp() if trial.datetime_start else time.time()
 
