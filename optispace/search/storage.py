@@ -30,11 +30,11 @@ from typing import Any
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import BaseHeartbeat
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from optispace.errors import UserError
 from optispace.search.interrupts import deferred
+from optispace.search.journal import journal_backend
 
 #: Overrides the default location (a path or an RDB URL), e.g. for tests or a shared disk.
 STORAGE_ENV = "OPTISPACE_STORAGE"
@@ -158,7 +158,7 @@ class _HeartbeatJournal(JournalStorage, BaseHeartbeat):
     """
 
     def __init__(self, path: str, heartbeat_s: int, grace_s: int) -> None:
-        super().__init__(JournalFileBackend(path))
+        super().__init__(journal_backend(path))
         self._heartbeat_s = heartbeat_s
         self._grace_s = grace_s
         self._retry = RetryConfiguration()
