@@ -21,10 +21,12 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from test_search_heartbeat import kill_right_after_ask, within
 from test_search_run import FakeTrainer, finished, load, run, start_worker, wait_for_exit, wait_for_running
 
-import optispace.search.storage as storage_module
-from optispace.search.storage import claim, open_storage
+import optispace.search.heartbeat as heartbeat_module
+from optispace.search.heartbeat import CLAIM_ATTR, HEARTBEAT_ATTR, trial_id
+from optispace.search.storage import open_storage
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -125,21 +127,32 @@ def test_sigterm_mid_trial_fails_the_trial_queues_it_again_and_leaves_nothing_ru
 def test_a_trial_whose_heartbeat_stopped_on_another_host_is_failed_and_retried(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(storage_module, "GRACE_S", 1)
+    monkeypatch.setattr(heartbeat_module, "GRACE_S", 1)
     run(url, 1)
     storage = open_storage(url)
     study = optuna.load_study(study_name="unit", storage=storage)
     lost = study.ask(
         {"embed.second_moment": optuna.distributions.CategoricalDistribution(["full", "factored"])}
     )
-    claim(lost._trial_id, storage)
-    storage.set_trial_system_attr(
-        lost._trial_id, "optispace:claim", {"host": "elsewhere", "pid": 1, "at": 0.0}
-    )
-    storage.record_heartbeat(lost._trial_id)
+    key = trial_id(storage, study, lost.number)
+    storage.set_trial_system_attr(key, CLAIM_ATTR, {"host": "elsewhere", "pid": 1, "at": time.time()})
+    storage.set_trial_system_attr(key, HEARTBEAT_ATTR, time.time())
     time.sleep(2.5)  # past the grace period: the heartbeat is stale
     study = run(url, 3)
     assert study.trials[lost.number].state == TrialState.FAIL
     assert len(finished(study)) == 3
     assert [t.system_attrs.get("failed_trial") for t in study.trials].count(lost.number) == 1
     assert load(url).trials[-1].state != TrialState.RUNNING
+
+
+def test_a_worker_killed_right_after_ask_does_not_hang_the_next_search(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run(url, 1)
+    kill_right_after_ask(url)
+    (lost,) = load(url).get_trials(states=(TrialState.RUNNING,))
+    monkeypatch.setattr(heartbeat_module, "GRACE_S", 1)
+    with within(60):
+        study = run(url, 3)
+    assert study.trials[lost.number].state == TrialState.FAIL
+    assert len(finished(study)) == 3 and not study.get_trials(states=(TrialState.RUNNING,))

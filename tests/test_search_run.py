@@ -243,7 +243,7 @@ def test_a_trial_is_surplus_when_n_live_trials_are_numbered_below_it(tmp_path: P
     study.tell(first, 1.0)
     study.enqueue_trial({})  # number 2, queued: a retry some worker will run, so it counts
     # Another worker's new trial, created as if it had not seen the queued one.
-    third = storage.get_trial(storage.create_new_trial(study._study_id))
+    third = storage.get_trial(storage.create_new_trial(storage.get_study_id_from_name(study.study_name)))
     assert [_surplus(study, t, 3) for t in (first, second, third)] == [False, False, True]
     assert not _surplus(study, third, 4)
     study.tell(second, state=TrialState.FAIL)  # failed trials do not count
