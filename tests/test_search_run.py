@@ -209,9 +209,17 @@ def test_the_pruner_stops_bad_trials_on_the_first_seed(tmp_path: Path) -> None:
 def test_a_different_search_file_cannot_resume_a_study(tmp_path: Path) -> None:
     url = str(tmp_path / "s.journal")
     run(url, 1)
+    before = Path(url).read_bytes()
     with pytest.raises(UserError, match=r"different search file \(first difference: roles.vector.lr\)"):
         run(url, 2, text=search_text().replace("lr = 3e-3", "lr = 1e-3"))
-    assert len(load(url).trials) == 1
+    assert Path(url).read_bytes() == before, "a refused file writes nothing, not even create_study"
+
+
+def test_a_new_study_names_its_metrics(tmp_path: Path) -> None:
+    text = search_text().replace(
+        'pruner = "none"', 'pruner = "none"\nobjectives = ["val_loss", "state_bytes"]'
+    )
+    assert run(str(tmp_path / "s.journal"), 1, text=text).metric_names == ["val_loss", "state_bytes"]
 
 
 def test_the_grid_sampler_enumerates_every_configuration_once(tmp_path: Path) -> None:

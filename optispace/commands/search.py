@@ -35,8 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from optispace.errors import UserError
     from optispace.search.run import run_search
-    from optispace.search.spec import parse_search
-    from optispace.search.storage import default_url
+    from optispace.search.spec import parse_search, study_name_problem
+    from optispace.search.storage import check_url, default_url
 
     for flag, value, low in (
         ("--n-trials", args.n_trials, 1),
@@ -45,8 +45,11 @@ def run(args: argparse.Namespace) -> int:
     ):
         if value is not None and value < low:
             raise UserError(f"{flag} must be an integer >= {low}, not {value}")
+    if args.study is not None and study_name_problem(args.study):
+        raise UserError(f"--study: {study_name_problem(args.study)}")
     spec = parse_search(args.file)
     url = args.storage or default_url()
+    check_url(url)
     summary = run_search(
         spec,
         url,

@@ -5,7 +5,7 @@ several local worker processes append to one log under a file lock, which is wha
 made for, while SQLite serialises every writer on one database lock and answers "database is
 locked" under parallel trials. The journal is append-only, so a worker killed mid-write cannot
 corrupt what finished trials wrote (a torn tail is set aside: ``optispace.search.journal``).
-Anything with ``://`` is an RDB URL (``sqlite:///x.db``, ``postgresql+psycopg2://user@host/db``):
+Anything that starts with a URL scheme is an RDB URL (``sqlite:///x.db``, ``postgresql+psycopg2://user@host/db``):
 that is the way to many workers on many machines.
 
 Both are Optuna's storage classes with no heartbeat of their own: ``optispace.search.heartbeat``
@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from optispace.search.journal import journal_backend
 
 #: Overrides the default location (a path or an RDB URL), e.g. for tests or a shared disk.
 STORAGE_ENV = "OPTISPACE_STORAGE"
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 
 
 def default_url() -> str:
@@ -41,8 +43,34 @@ def default_url() -> str:
 
 
 def is_rdb_url(url: str) -> bool:
-    """True for an SQLAlchemy URL (``dialect+driver://...``); anything else is a journal path."""
-    return "://" in url
+    """True for anything that starts with a URL scheme (``dialect+driver:``); else a journal path.
+
+    One letter before the colon is a Windows drive, not a scheme.
+    """
+    match = _SCHEME.match(url)
+    return match is not None and len(match.group(1)) > 1
+
+
+def check_url(url: str) -> None:
+    """``UserError`` unless ``url`` is a journal path or a database URL SQLAlchemy can dial."""
+    if not is_rdb_url(url):
+        return
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    example = "such as sqlite:///studies.db or postgresql+psycopg2://user@host/db"
+    scheme = _SCHEME.match(url).group(1)
+    if not url.startswith(f"{scheme}://"):
+        raise UserError(f"storage {_redact(url)}: a database URL is written {scheme}://..., {example}")
+    try:
+        make_url(url).get_dialect()
+    except NoSuchModuleError:  # a subclass of ArgumentError, so first
+        raise UserError(
+            f"storage {_redact(url)}: {scheme!r} is not a database SQLAlchemy knows; give a URL {example}, "
+            "or a file path for a journal"
+        ) from None
+    except (ArgumentError, ValueError):  # ValueError: a port that is no number
+        raise UserError(f"storage {_redact(url)}: not a valid database URL; give one {example}") from None
 
 
 #: Every method through which a worker reads or writes a study (Optuna's public storage API).
@@ -90,6 +118,7 @@ class Database(RDBStorage):
 
 def open_storage(url: str) -> Journal | Database:
     """Open (creating if needed) the storage at ``url``; ``UserError`` if it cannot be reached."""
+    check_url(url)
     if not is_rdb_url(url):
         path = Path(url)
         try:

@@ -152,24 +152,44 @@ def _first_difference(a: object, b: object, path: str = "") -> str:
 
 
 def open_study(spec: SearchSpec, storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
-    """Create the study, or load it if it exists; refuse to mix two different search files."""
+    """Load the study, or create it if it does not exist; refuse to mix two different search files.
+
+    Loading comes first: Optuna's journal appends a ``create_study`` record even when the study
+    exists, so a refused file would still have written to the storage.
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        storage=storage,
-        study_name=name,
-        sampler=PerTrialSampler(lambda seed: make_sampler(spec, seed), spec.seed),
-        pruner=make_pruner(spec),
-        directions=["minimize"] * len(spec.objectives),
-        load_if_exists=True,
-    )
+    sampler = PerTrialSampler(lambda seed: make_sampler(spec, seed), spec.seed)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=make_pruner(spec))
+    except KeyError:
+        study = _create(spec, storage, name, sampler)
     stored = study.user_attrs.get("search")
-    if stored is None:
-        for key, value in study_attrs(spec).items():
-            study.set_user_attr(key, value)
-    elif _comparable(stored) != _comparable(spec.raw):
+    if stored is not None and _comparable(stored) != _comparable(spec.raw):
         key = _first_difference(_comparable(stored), _comparable(spec.raw))
         raise UserError(
             f"study {name!r} exists in this storage with a different search file (first difference: "
             f"{key}); resume it with the file it was made from, or choose another name with --study"
         )
+    return study
+
+
+def _create(
+    spec: SearchSpec, storage: optuna.storages.BaseStorage, name: str, sampler: PerTrialSampler
+) -> optuna.Study:
+    """Create the study with its attributes and metric names (another process may win the race)."""
+    try:
+        study = optuna.create_study(
+            storage=storage,
+            study_name=name,
+            sampler=sampler,
+            pruner=make_pruner(spec),
+            directions=["minimize"] * len(spec.objectives),
+        )
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=make_pruner(spec))
+    for key, value in study_attrs(spec).items():
+        study.set_user_attr(key, value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(spec.objectives))  # optuna-dashboard shows them, not "Objective 0"
     return study
