@@ -25,6 +25,8 @@ import optuna
 from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from optispace.errors import UserError
+
 HEARTBEAT_S = 10
 GRACE_S = 30
 HEARTBEAT_ATTR = "optispace:heartbeat"
@@ -127,7 +129,10 @@ def heartbeat(storage: BaseStorage, trial: int, interval_s: float) -> Iterator[N
 
     def beat() -> None:
         while True:
-            storage.set_trial_system_attr(trial, HEARTBEAT_ATTR, time.time())
+            # UserError: the storage stayed down, and the worker's own next call stops it;
+            # UpdateFinishedTrialError: another worker took the trial for stale (the tell will say so).
+            with contextlib.suppress(UserError, optuna.exceptions.UpdateFinishedTrialError):
+                storage.set_trial_system_attr(trial, HEARTBEAT_ATTR, time.time())
             if stop.wait(interval_s):
                 return
 

@@ -38,7 +38,7 @@ from optispace.search.interrupts import deferred, interrupts_raise
 from optispace.search.objective import Objective, Trainer, proxy_trainer
 from optispace.search.space import grid_size
 from optispace.search.spec import SearchSpec
-from optispace.search.storage import open_storage
+from optispace.search.storage import StorageUnavailable, open_storage
 from optispace.search.study import open_study
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -114,6 +114,8 @@ def _run(
             return TrialState.COMPLETE, objective(trial)
     except optuna.TrialPruned:
         return TrialState.PRUNED, None
+    except StorageUnavailable:
+        raise  # not the configuration's fault: the trial stays RUNNING, to be retried as stale
     except Exception as e:
         if "failure" not in trial.user_attrs:
             trial.set_user_attr("failure", f"crashed: {type(e).__name__}: {e}")

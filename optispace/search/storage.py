@@ -18,10 +18,13 @@ import functools
 import inspect
 import os
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import optuna
+import sqlalchemy.exc
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 
 from optispace.errors import UserError
@@ -30,6 +33,12 @@ from optispace.search.journal import journal_backend
 
 #: Overrides the default location (a path or an RDB URL), e.g. for tests or a shared disk.
 STORAGE_ENV = "OPTISPACE_STORAGE"
+#: A database outage is waited out this long (pauses doubling from FIRST_PAUSE_S to MAX_PAUSE_S).
+OUTAGE_S = 60.0
+FIRST_PAUSE_S = 0.5
+MAX_PAUSE_S = 8.0
+#: Creating the schema, several processes may collide; each retries this many times.
+SCHEMA_ATTEMPTS = 5
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 
 
@@ -81,26 +90,60 @@ _STORAGE_METHODS = tuple(
 )
 
 
+class StorageUnavailable(UserError):
+    """The database stayed unreachable for :data:`OUTAGE_S` seconds."""
+
+
 def _deferring(cls: type) -> type:
-    """``cls`` with each storage method run under :func:`deferred`: an interrupt waits for it.
+    """``cls`` with each storage method run under :func:`deferred` and retried through outages.
 
     Cut anywhere, a read or a write can leave damage: Optuna's journal counts a log as read before
     applying it (a log skipped that way, say another worker's new trial, is never seen again by this
     process and misnumbers every later trial), an append can be cut between lock and unlock, and an
-    SQL transaction between its statements.
+    SQL transaction between its statements. An interrupt therefore waits for the call under way.
     """
     for name in _STORAGE_METHODS:
-        setattr(cls, name, _deferred_method(getattr(cls, name)))
+        setattr(cls, name, _guarded(getattr(cls, name)))
     return cls
 
 
-def _deferred_method(method: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(method)
-    def run_deferred(*args: Any, **kwargs: Any) -> Any:
-        with deferred():
-            return method(*args, **kwargs)
+def _transient(error: BaseException) -> bool:
+    """A lost or refused database connection (Optuna wraps SQLAlchemy's errors in its own)."""
+    cause = error.__cause__ if isinstance(error, optuna.exceptions.StorageInternalError) else error
+    if isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated:
+        return True
+    return isinstance(cause, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError)
 
-    return run_deferred
+
+def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` deferred, and retried with doubling pauses while the database is unreachable.
+
+    After :data:`OUTAGE_S` seconds it raises :class:`StorageUnavailable`: the worker stops with one
+    line, and its trial, left RUNNING, is failed and retried by the next worker as a stale one. A
+    transaction is rolled back when its connection fails, so a retry repeats no committed write;
+    only a commit whose acknowledgement was lost could be made twice.
+    """
+
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        waited, pause = 0.0, FIRST_PAUSE_S
+        while True:
+            try:
+                with deferred():
+                    return method(*args, **kwargs)
+            except Exception as e:
+                if not _transient(e):
+                    raise
+                if waited >= OUTAGE_S:
+                    reason = str(e.__cause__ or e).strip().splitlines()[0]
+                    raise StorageUnavailable(
+                        f"the storage stayed unreachable for {waited:.0f} s ({reason}); the trial under "
+                        "way is retried by the next search"
+                    ) from None
+            time.sleep(pause)
+            waited, pause = waited + pause, min(2 * pause, MAX_PAUSE_S)
+
+    return call
 
 
 @_deferring
@@ -127,7 +170,7 @@ def open_storage(url: str) -> Journal | Database:
         except OSError as e:
             raise UserError(f"cannot open the journal file {path}: {e.strerror or e}") from None
     try:
-        return Database(url, engine_kwargs={"pool_pre_ping": True})
+        return _create_database(url)
     except (ImportError, ModuleNotFoundError) as e:
         raise UserError(f"storage {_redact(url)}: its database driver is missing ({e})") from None
     except Exception as e:  # SQLAlchemy's and the driver's errors have no common base worth naming
@@ -136,6 +179,20 @@ def open_storage(url: str) -> Journal | Database:
             f"cannot reach storage {_redact(url)}: {reason}; check the URL, that the server is up, "
             "and the credentials"
         ) from None
+
+
+def _create_database(url: str) -> Database:
+    """Optuna's RDB storage, creating its tables if needed, safe when several processes start at once.
+
+    Two processes creating the same tables collide (a duplicate table or type); the loser tries
+    again and finds the tables there.
+    """
+    for attempt in range(1, SCHEMA_ATTEMPTS):
+        try:
+            return Database(url, engine_kwargs={"pool_pre_ping": True})
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            time.sleep(0.1 * attempt)
+    return Database(url, engine_kwargs={"pool_pre_ping": True})
 
 
 def _redact(url: str) -> str:
