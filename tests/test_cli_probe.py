@@ -41,6 +41,18 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, message):
     assert err.startswith(f"optispace probe: error: {message}") and err.count("\n") == 1
 
 
+DAMAGED = [b"{not json", b"\xff\xfe", b'{"header": 1}', b'{"header": "h", "runs": [1]}']
+
+
+@pytest.mark.parametrize("content", DAMAGED)
+def test_rebuild_from_a_damaged_runs_file_is_one_line(tmp_path, capsys, content):
+    (tmp_path / "runs.json").write_bytes(content)
+    assert main(["probe", "--rebuild", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"optispace probe: error: --rebuild: {tmp_path / 'runs.json'}")
+    assert err.count("\n") == 1
+
+
 def test_an_interrupted_comparison_keeps_the_runs_done(tmp_path, monkeypatch):
     import optispace.proxies
 

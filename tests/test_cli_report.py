@@ -55,6 +55,8 @@ def test_explicit_storage_study_out_and_tolerance(journal, tmp_path, capsys):
         (["--storage", "sqlite:///{tmp}/missing.db"], "no SQLite database at"),
         (["--storage", "{journal}", "--study", "other"], "no study 'other' in"),
         (["--storage", "{journal}", "--tolerance", "-1"], "--tolerance must be a positive number"),
+        (["--storage", "{journal}", "--out", "{journal}"], "is a file; the report is a folder"),
+        (["--storage", "foo://x/y"], "'foo' is not a database SQLAlchemy knows"),
     ],
 )
 def test_user_mistakes_exit_2_with_one_line(journal, tmp_path, capsys, argv, message):

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import optuna
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from optuna.trial import TrialState
 
 from optispace.cli import main
@@ -85,6 +87,81 @@ def test_bad_flags_exit_2(flags: list[str], storage: Path, capsys: pytest.Captur
     assert main(["search", str(SMOKE), "--storage", str(storage), *flags]) == 2
     assert f"{flags[0]} must be an integer" in capsys.readouterr().err
     assert not storage.exists()
+
+
+BAD_STORAGES = {
+    "scheme without //": (
+        "sqlite:/tmp/x.db",
+        "storage sqlite:/tmp/x.db: a database URL is written sqlite://...",
+    ),
+    "unknown scheme": ("foo://bar/db", "storage foo://bar/db: 'foo' is not a database SQLAlchemy knows"),
+    "malformed URL": (
+        "postgresql://u@h:port/db",
+        "storage postgresql://u@h:port/db: not a valid database URL",
+    ),
+    "a TOML file": ("{smoke}", "smoke.toml is not an Optuna journal file"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_STORAGES)
+def test_a_storage_that_is_not_a_database_url_or_journal_is_one_line(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    copy = tmp_path / "smoke.toml"
+    copy.write_text(SMOKE.read_text())
+    url, message = BAD_STORAGES[name]
+    assert main(["search", str(SMOKE), "--storage", url.format(smoke=copy)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["smoke.toml"], "nothing created"
+    assert copy.read_text() == SMOKE.read_text()
+
+
+def test_a_study_name_too_long_for_a_database_is_refused(
+    storage: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["search", str(SMOKE), "--storage", str(storage), "--study", "s" * 600]) == 2
+    assert "--study: must be at most 512 characters, not 600" in capsys.readouterr().err
+    assert not storage.parent.exists()
+
+
+class _Valid(Exception):
+    """Raised in place of running a search file the fuzzer happened to leave valid."""
+
+
+def _not_run(*args: object, **kwargs: object) -> None:
+    raise _Valid
+
+
+GARBAGE = ["", "=", "[", "]", '"', '"""', "-1", "1e999", "nan", "99999999999999999999999", "[]", "{}", "true",
+           '"zipf:s=0"', '"cuda:7"', "\x00", "\udcff", "[roles.matrix]", "é", "#"]  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzzed_search_files_exit_2_with_one_line_and_touch_no_storage(
+    data: st.DataObject, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import optispace.search.run
+
+    monkeypatch.setattr(optispace.search.run, "run_search", _not_run)
+    text = SMOKE.read_text()
+    for _ in range(data.draw(st.integers(1, 3))):
+        at = data.draw(st.integers(0, len(text)))
+        cut = data.draw(st.integers(0, 40))
+        text = text[:at] + data.draw(st.sampled_from(GARBAGE)) + text[at + cut :]
+    path = tmp_path / "fuzz.toml"
+    path.write_bytes(text.encode("utf-8", "surrogateescape"))
+    storage = tmp_path / "fuzz" / "s.journal"
+    capsys.readouterr()
+    try:
+        code = main(["search", str(path), "--storage", str(storage)])
+    except _Valid:
+        return  # still a valid search file: nothing to refuse
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("optispace search: error: "), err
+    assert not storage.parent.exists()
 
 
 def test_the_default_storage_is_one_place_overridable_by_the_environment(

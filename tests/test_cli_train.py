@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from optispace.cli import main
 
@@ -38,7 +39,11 @@ def test_checkpoint_then_resume(tmp_path, capsys):
     (["--device", "cuda"], "cuda"),
     (["--probes", "nonesuch"], "probe"),
     (["--out", "/no/such/folder/run.json"], "--out"),
-    (["--resume", "/no/such/run.pt"], "does not exist"),
+    (["--resume", "/no/such/run.pt"], "--resume: /no/such/run.pt is not a checkpoint file"),
+    (["--checkpoint", "/no/such/folder/run.pt"], "--checkpoint: folder /no/such/folder does not exist"),
+    (["--out", "/tmp"], "--out: /tmp is a folder"),
+    (["--seed", str(2**64)], "--seed: 18446744073709551616 is out of range"),
+    (["--steps", str(10**23)], "--steps: 100000000000000000000000 is out of range"),
     (["--lr", "fast"], "--lr"),
 ])
 def test_bad_input_exits_2_with_one_line(extra, message, capsys, monkeypatch):
@@ -148,3 +153,27 @@ def test_a_tracker_without_its_library_exits_2_naming_the_extra(monkeypatch, cap
     monkeypatch.setitem(sys.modules, "wandb", None)
     assert main([*TINY, "--steps", "2", "--wandb", "proj"]) == 2
     assert "pip install 'optispace[wandb]'" in capsys.readouterr().err
+
+
+def _torn(path):
+    main([*TINY, "--steps", "2", "--checkpoint", str(path)])
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+BAD_CHECKPOINTS = {
+    "truncated": (_torn, "cannot read"),
+    "random bytes": (lambda path: path.write_bytes(bytes(range(256)) * 8), "cannot read"),
+    "not a checkpoint": (lambda path: torch.save({"a": 1}, path), "is not an optispace checkpoint"),
+    "a tensor": (lambda path: torch.save(torch.ones(2), path), "is not an optispace checkpoint"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_CHECKPOINTS)
+def test_resuming_from_a_file_that_is_no_checkpoint_is_one_line(name, tmp_path, capsys):
+    make, message = BAD_CHECKPOINTS[name]
+    path = tmp_path / "run.pt"
+    make(path)
+    capsys.readouterr()
+    assert main([*TINY, "--steps", "2", "--resume", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err

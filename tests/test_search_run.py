@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -22,14 +21,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-import optispace.search.storage as storage_module
 from optispace.errors import UserError
 from optispace.proxies.train import RunRecord
 from optispace.search.interrupts import Interrupted, deferred, interrupts_raise
-from optispace.search.run import _surplus, counts, cpu_threads, first_free_rank, run_search
+from optispace.search.run import _surplus, counts, cpu_threads, run_search
 from optispace.search.spec import parse_search_text
-from optispace.search.storage import claim, open_storage
-from optispace.search.study import worker_seed
+from optispace.search.storage import open_storage
+from optispace.search.study import open_study, trial_seed
 
 PENALTY = 20.0
 
@@ -211,9 +209,17 @@ def test_the_pruner_stops_bad_trials_on_the_first_seed(tmp_path: Path) -> None:
 def test_a_different_search_file_cannot_resume_a_study(tmp_path: Path) -> None:
     url = str(tmp_path / "s.journal")
     run(url, 1)
+    before = Path(url).read_bytes()
     with pytest.raises(UserError, match=r"different search file \(first difference: roles.vector.lr\)"):
         run(url, 2, text=search_text().replace("lr = 3e-3", "lr = 1e-3"))
-    assert len(load(url).trials) == 1
+    assert Path(url).read_bytes() == before, "a refused file writes nothing, not even create_study"
+
+
+def test_a_new_study_names_its_metrics(tmp_path: Path) -> None:
+    text = search_text().replace(
+        'pruner = "none"', 'pruner = "none"\nobjectives = ["val_loss", "state_bytes"]'
+    )
+    assert run(str(tmp_path / "s.journal"), 1, text=text).metric_names == ["val_loss", "state_bytes"]
 
 
 def test_the_grid_sampler_enumerates_every_configuration_once(tmp_path: Path) -> None:
@@ -245,17 +251,43 @@ def test_a_trial_is_surplus_when_n_live_trials_are_numbered_below_it(tmp_path: P
     study.tell(first, 1.0)
     study.enqueue_trial({})  # number 2, queued: a retry some worker will run, so it counts
     # Another worker's new trial, created as if it had not seen the queued one.
-    third = storage.get_trial(storage.create_new_trial(study._study_id))
+    third = storage.get_trial(storage.create_new_trial(storage.get_study_id_from_name(study.study_name)))
     assert [_surplus(study, t, 3) for t in (first, second, third)] == [False, False, True]
     assert not _surplus(study, third, 4)
     study.tell(second, state=TrialState.FAIL)  # failed trials do not count
     assert not _surplus(study, third, 3)
 
 
-def test_worker_seeds_differ_by_rank_and_are_reproducible() -> None:
-    seeds = [worker_seed(7, rank) for rank in range(8)]
-    assert len(set(seeds)) == 8 and seeds == [worker_seed(7, rank) for rank in range(8)]
-    assert worker_seed(8, 0) != seeds[0]
+def test_trial_seeds_differ_by_trial_number_and_are_reproducible() -> None:
+    seeds = [trial_seed(7, number) for number in range(8)]
+    assert len(set(seeds)) == 8 and seeds == [trial_seed(7, number) for number in range(8)]
+    assert trial_seed(8, 0) != seeds[0]
+
+
+def _configurations(study: optuna.Study) -> set[tuple]:
+    return {tuple(sorted(t.params.items())) for t in study.trials}
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_resuming_a_study_samples_new_configurations(sampler: str, tmp_path: Path) -> None:
+    url = str(tmp_path / "s.journal")
+    for n in (2, 4, 6):
+        study = run(url, n, text=search_text(sampler=sampler))
+    assert len(study.trials) == 6 and len(_configurations(study)) == 6
+
+
+def test_two_hosts_with_the_same_ranks_sample_different_configurations(tmp_path: Path) -> None:
+    # Two machines starting together both label their worker rank 0; sampling must not care.
+    url = str(tmp_path / "s.journal")
+    run(url, 1)
+    storage = open_storage(url)
+    spec = parse_search_text(search_text(), "unit.toml")
+    first, second = open_study(spec, storage, "unit"), open_study(spec, storage, "unit")
+    a, b = first.ask(), second.ask()
+    lr = optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)
+    assert a.suggest_float("matrix.lr", lr.low, lr.high, log=True) != b.suggest_float(
+        "matrix.lr", lr.low, lr.high, log=True
+    )
 
 
 @pytest.mark.slow
@@ -278,10 +310,20 @@ _worker_main(parse_search_text(search_text(), "unit.toml"), sys.argv[1], "unit",
 """
 
 
-def start_worker(url: str, n: int, sleep_s: float) -> subprocess.Popen:
+PARENT = """
+import sys
+from test_search_run import FakeTrainer, search_text
+from optispace.search.run import run_search
+from optispace.search.spec import parse_search_text
+run_search(parse_search_text(search_text(), "unit.toml"), sys.argv[1], n_trials=int(sys.argv[2]),
+           workers=2, trainer=FakeTrainer(sleep_s=float(sys.argv[3])), progress=False)
+"""
+
+
+def start_worker(url: str, n: int, sleep_s: float, script: str = WORKER) -> subprocess.Popen:
     """A worker process (the test module importable in it) running the unit search."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
-    command = [sys.executable, "-c", textwrap.dedent(WORKER), url, str(n), str(sleep_s)]
+    command = [sys.executable, "-c", textwrap.dedent(script), url, str(n), str(sleep_s)]
     return subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
 
 
@@ -392,32 +434,31 @@ def test_an_interrupt_during_a_storage_read_waits_until_the_read_is_applied(
     assert [t.number for t in study.get_trials()] == [0, 1, 2]
 
 
-def _running_on(url: str, host: str, rank: int) -> None:
-    """A RUNNING trial of rank ``rank`` claimed by a worker on ``host``."""
-    storage = open_storage(url)
-    study = optuna.load_study(study_name="unit", storage=storage)
-    trial = study.ask({"matrix.lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)})
-    trial.set_user_attr("worker", rank)
-    claim(trial._trial_id, storage)
-    storage.set_trial_system_attr(
-        trial._trial_id, "optispace:claim", {"host": host, "pid": 1, "at": time.time()}
-    )
+def _trials_once_running(url: str, count: int, timeout_s: float = 120.0) -> list[optuna.trial.FrozenTrial]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            trials = load(url).trials
+        except KeyError:  # the study is not created yet
+            trials = []
+        if sum(t.state == TrialState.RUNNING and "seeds" in t.user_attrs for t in trials) >= count:
+            return trials
+        time.sleep(0.2)
+    raise AssertionError(f"{count} trials were not running in time")
 
 
-def test_a_machine_joining_a_study_takes_the_ranks_above_those_at_work_elsewhere(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.mark.slow
+def test_workers_end_with_their_killed_parent_and_queue_their_trials_again(tmp_path: Path) -> None:
     url = str(tmp_path / "s.journal")
-    run(url, 1)
+    parent = start_worker(url, 4, sleep_s=5.0, script=PARENT)
+    running = [t.number for t in _trials_once_running(url, 2) if t.state == TrialState.RUNNING]
+    parent.send_signal(signal.SIGKILL)
+    wait_for_exit(parent)
+    deadline = time.monotonic() + 30.0  # a trial of the fake trainer takes 40 s: a finished one ran on
+    while load(url).get_trials(states=(TrialState.RUNNING,)) and time.monotonic() < deadline:
+        time.sleep(0.2)
     study = load(url)
-    assert first_free_rank(study) == 0
-    _running_on(url, socket.gethostname(), rank=4)
-    assert first_free_rank(study) == 0, "this host's own workers do not count"
-    _running_on(url, "elsewhere", rank=1)
-    assert first_free_rank(study) == 2
-    # The other host's trial goes stale after a second; this machine retries it, as rank 2.
-    monkeypatch.setattr(storage_module, "GRACE_S", 1)
-    study = run(url, 3)
-    assert "this machine's workers take ranks 2 to 2" in capsys.readouterr().err
-    ranks = [t.user_attrs.get("worker") for t in finished(study)]
-    assert ranks[0] == 0 and set(ranks[1:]) == {2}
+    for number in running:
+        assert study.trials[number].user_attrs["failure"].startswith("interrupted: SIGTERM")
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == len(running)

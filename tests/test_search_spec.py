@@ -154,10 +154,38 @@ MISTAKES = [
         ("tokens = 4096", 'tokens = 4096\nprobes = "ray"'),
         r"t.toml:9: proxy.probes: must be an array of probe names from ray,",
     ),
+    (
+        ('name = "t"', f'name = "{"t" * 513}"'),
+        r"t.toml:2: study.name: must be at most 512 characters, not 513",
+    ),
+    (
+        ("trials = 3", "trials = 3\nseed = 9223372036854775808"),
+        r"t.toml:5: study.seed: must be an integer from 0",
+    ),
+    (
+        ("trials = 3", "trials = 3\nseeds = [0, 18446744073709551616]"),
+        r"t.toml:5: study.seeds: must be a non-empty",
+    ),
+    (
+        ("tokens = 4096", "steps = 100000000000000000000000"),
+        r"t.toml:8: proxy.steps: must be an integer from 1 to",
+    ),
+    (
+        ("tokens = 4096", "tokens = 100000000000000000000000"),
+        r"t.toml:8: proxy.tokens: must be an integer from 1",
+    ),
+    (
+        ("tokens = 4096", "tokens = 4096\neval_batches = 1000000000"),
+        r"t.toml:9: proxy.eval_batches: must be an integer from 1 to 262144, not 1000000000",
+    ),
+    (
+        ("tokens = 4096", 'tokens = 4096\ndata = "zipf:s=-1"'),
+        r"t.toml:9: proxy.data: 'zipf:s=-1': need s > 0",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("edit", "message"), MISTAKES, ids=[m for _, m in MISTAKES])
+@pytest.mark.parametrize(("edit", "message"), MISTAKES, ids=[m[:80] for _, m in MISTAKES])
 def test_each_mistake_gets_one_message_naming_key_and_line(edit: tuple[str, str], message: str) -> None:
     with pytest.raises(UserError, match=message) as error:
         parse_search_text(bad(VALID, *edit), "t.toml")
@@ -197,3 +225,24 @@ def test_key_lines_finds_every_key_where_it_is_written(doc: dict) -> None:
     for path, line in expected.items():
         assert found[path] == line
     assert line_of(found, (*next(iter(expected)), "inside", "an inline table")) == 1
+
+
+@pytest.mark.parametrize("data", ["stdlib", "stdlib:no-tests", "zipf", "zipf:s=1.2,v=100,n=5000"])
+def test_every_data_source_train_accepts_is_accepted(data: str) -> None:
+    text = VALID.replace("tokens = 4096", f'tokens = 4096\ndata = "{data}"')
+    assert parse_search_text(text).proxy.data == data
+
+
+def test_cuda_without_a_gpu_is_refused_with_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match=r"t.toml:9: proxy.device: cuda was asked for but no CUDA GPU"):
+        parse_search_text(VALID.replace("tokens = 4096", 'tokens = 4096\ndevice = "cuda"'), "t.toml")
+
+
+def test_a_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(VALID.replace('question = "q?"', 'question = "caf\xe9?"').encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin1.toml: not UTF-8 text \(byte \d+\)"):
+        parse_search(path)

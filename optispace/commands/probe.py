@@ -64,13 +64,26 @@ def _command(args: argparse.Namespace) -> str:
     return shlex.join([*words, "--out", str(args.out)])
 
 
+def _stored_runs(report, out: Path) -> tuple[str, list[dict]]:
+    """The runs ``--rebuild`` reads back, or a UserError when the file is not what this command wrote."""
+    path = out / report.RUNS_FILE
+    try:
+        header, runs = report.read_runs(out)
+    except (ValueError, KeyError, TypeError) as e:  # JSON, or UTF-8, or not the layout save_runs writes
+        problem = f"{type(e).__name__}: {e}".splitlines()[0]
+        raise UserError(f"--rebuild: {path} is damaged ({problem}); run without --rebuild") from None
+    if not (isinstance(header, str) and isinstance(runs, list) and all(isinstance(r, dict) for r in runs)):
+        raise UserError(f"--rebuild: {path} does not hold a header and a list of runs; run without --rebuild")
+    return header, runs
+
+
 def run(args: argparse.Namespace) -> int:
     from optispace.probes import compare, report
 
     if args.rebuild:
         if not (args.out / report.RUNS_FILE).is_file():
             raise UserError(f"--rebuild: {args.out / report.RUNS_FILE} does not exist; run without --rebuild")
-        header, runs = report.read_runs(args.out)
+        header, runs = _stored_runs(report, args.out)
     else:
         recipes, probes = _check(args)
         started, done = time.perf_counter(), []

@@ -35,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.tolerance is not None and not (math.isfinite(args.tolerance) and args.tolerance > 0):
         raise UserError(f"--tolerance must be a positive number of val loss, not {args.tolerance}")
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UserError(f"--out: {args.out} is a file; the report is a folder, give a folder path")
     url = args.storage or default_url()
     storage = _open_existing(url)
     name = _study_name(storage, args.study, url)

@@ -26,9 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rank-offset",
         type=int,
-        default=None,
-        help="rank of the first local worker; each worker's sampler seed derives from its rank "
-        "(default: one above the ranks running on other hosts, else 0)",
+        default=0,
+        help="rank of the first local worker, recorded on its trials as 'worker' to tell hosts apart "
+        "(default 0; sampling depends on the study seed and trial numbers, not on ranks)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -37,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from optispace.bundled import search_file
     from optispace.errors import UserError
     from optispace.search.run import run_search
-    from optispace.search.spec import parse_search
-    from optispace.search.storage import default_url
+    from optispace.search.spec import parse_search, study_name_problem
+    from optispace.search.storage import check_url, default_url
 
     for flag, value, low in (
         ("--n-trials", args.n_trials, 1),
@@ -47,8 +47,11 @@ def run(args: argparse.Namespace) -> int:
     ):
         if value is not None and value < low:
             raise UserError(f"{flag} must be an integer >= {low}, not {value}")
+    if args.study is not None and study_name_problem(args.study):
+        raise UserError(f"--study: {study_name_problem(args.study)}")
     spec = parse_search(search_file(args.file))
     url = args.storage or default_url()
+    check_url(url)
     summary = run_search(
         spec,
         url,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -43,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     from optispace.proxies import TIERS, TrainConfig, train
     from optispace.structure import recipe_argument
 
+    _check_numbers(args)
+    _check_outputs(args)
     recipe = recipe_argument(args.recipe, args.storage, args.data)
     if isinstance(recipe.recipe, dict) and not recipe.role_lr and args.lr is None:
         raise UserError("--lr: a structure has no lr of its own; give --lr")
@@ -54,11 +57,7 @@ def run(args: argparse.Namespace) -> int:
     probes = tuple(name for name in args.probes.split(",") if name)
     cfg = TrainConfig(recipe=recipe.recipe, role_lr=role_lr, probes=probes, **settings)
     if args.steps is not None:
-        if args.steps <= 0:
-            raise UserError(f"--steps: {args.steps} is not a positive number of steps")
         cfg = dataclasses.replace(cfg, tokens=args.steps * TIERS[cfg.proxy].tokens_per_step)
-    if args.out is not None and not args.out.parent.is_dir():
-        raise UserError(f"--out: folder {args.out.parent} does not exist")
     if recipe.role_lr:
         print(f"training the chains and lrs of {recipe.source}"
               + (", with its study's settings where the command line gives none" if recipe.settings else ""),
@@ -80,6 +79,32 @@ def trackers(args: argparse.Namespace) -> list:
     if args.wandb:
         out.append(WandbLogger(project=args.wandb))
     return out
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """The same bounds as a search file's (``optispace.search.spec``): no typo runs for ever."""
+    from optispace.search.spec import MAX_SEED, MAX_STEPS, MAX_TOKENS
+
+    for flag, value, high in (("--steps", args.steps, MAX_STEPS), ("--tokens", args.tokens, MAX_TOKENS),
+                              ("--seed", args.seed, MAX_SEED)):
+        low = 0 if flag == "--seed" else 1
+        if value is not None and not low <= value <= high:
+            raise UserError(f"{flag}: {value} is out of range; give an integer from {low} to {high}")
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before training, a record or checkpoint path that could not be written, or a missing resume."""
+    for flag, path in (("--out", args.out), ("--checkpoint", args.checkpoint)):
+        if path is None:
+            continue
+        if path.is_dir():
+            raise UserError(f"{flag}: {path} is a folder; give a file path inside it")
+        if not path.parent.is_dir():
+            raise UserError(f"{flag}: folder {path.parent} does not exist")
+        if not os.access(path.parent, os.W_OK):
+            raise UserError(f"{flag}: folder {path.parent} is not writable")
+    if args.resume is not None and not args.resume.is_file():
+        raise UserError(f"--resume: {args.resume} is not a checkpoint file")
 
 
 def summary(record) -> str:

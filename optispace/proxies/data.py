@@ -84,16 +84,25 @@ def load_data(spec: str | Path | None, vocab_size: int, cache_dir: str | Path | 
         return _text(source, vocab_size, cache_root(cache_dir))
     if str(spec).startswith("zipf"):
         return zipf_data(**_zipf_params(str(spec), vocab_size))
+    check_data(spec, vocab_size)
     path = Path(spec).expanduser()
-    if not path.exists():
-        raise UserError(f"data: {str(spec)!r} does not exist; give stdlib, stdlib:no-tests, "
-                        "zipf[:s=..,v=..,n=..], a .bin shard, a folder of shards, or text files")
     if path.suffix == ".bin" or (path.is_dir() and any(path.glob("*.bin"))):
         return _shards(path, vocab_size)
     source = user_text_source(path)
     if not source.files:
         raise UserError(f"data: {path} holds no text files")
     return _text(source, vocab_size, cache_root(cache_dir))
+
+
+def check_data(spec: str | Path | None, vocab_size: int) -> None:
+    """``UserError`` unless ``spec`` has a form :func:`load_data` accepts (nothing is read or built)."""
+    if spec is None or str(spec) in ("stdlib", "stdlib:no-tests"):
+        return
+    if str(spec).startswith("zipf"):
+        _zipf_params(str(spec), vocab_size)
+    elif not Path(spec).expanduser().exists():
+        raise UserError(f"data: {str(spec)!r} does not exist; give stdlib, stdlib:no-tests, "
+                        "zipf[:s=..,v=..,n=..], a .bin shard, a folder of shards, or text files")
 
 
 def _text(source, vocab_size: int, cache_dir: Path) -> TokenData:

@@ -304,8 +304,12 @@ def _load_checkpoint(path: Path, model: GPT, optimizer: Optimizer,
     """Restore a checkpoint into ``model``/``optimizer``/``record``; returns (step, elapsed seconds)."""
     if not path.is_file():
         raise UserError(f"resume: checkpoint {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if state.get("format") != CHECKPOINT_FORMAT:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises many kinds (pickle, zip, EOF) for a file it cannot read
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"resume: cannot read {path} as a checkpoint ({reason})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"resume: {path} is not an optispace checkpoint of format {CHECKPOINT_FORMAT}")
     differ = sorted(k for k in record.config.keys() | state["config"].keys()
                     if record.config.get(k) != state["config"].get(k))

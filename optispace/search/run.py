@@ -8,9 +8,9 @@ under a lock on the study row (RDB) or by their place in the log (journal), so o
 the highest-numbered one sees the other N at its check: a study never finishes more than N trials,
 and the loop runs until it has N, so never fewer.
 
-Reliability. Each trial has a heartbeat; before each trial a worker fails stale trials (a
-heartbeat older than the grace period, or a worker process on this host that is gone) and queues
-their configurations again (``optispace.search.storage``). SIGTERM and Ctrl-C end the running
+Reliability. Each trial has a heartbeat; before each trial a worker fails stale trials (no sign of
+life for the grace period, or a worker process on this host that is gone) and queues their
+configurations again (``optispace.search.heartbeat``). SIGTERM and Ctrl-C end the running
 trial as FAIL with ``failure = "interrupted: ..."`` and queue it again, then stop the worker.
 A crash (an exception from training) is FAIL with ``failure = "crashed: ..."`` and is not retried.
 """
@@ -19,24 +19,27 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
-import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
-from optuna.storages._heartbeat import get_heartbeat_thread
+from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from optispace.errors import UserError
+from optispace.search import heartbeat
+from optispace.search.heartbeat import RetryConfiguration, claim, fail_stale, trial_id
 from optispace.search.interrupts import deferred, interrupts_raise
 from optispace.search.objective import Objective, Trainer, proxy_trainer
 from optispace.search.space import grid_size
 from optispace.search.spec import SearchSpec
-from optispace.search.storage import claim, claimed_elsewhere, open_storage
-from optispace.search.study import open_study, worker_seed
+from optispace.search.storage import StorageUnavailable, open_storage
+from optispace.search.study import open_study
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 LIVE = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
@@ -72,27 +75,8 @@ def _surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
     return live_before >= n_trials
 
 
-def _ask(study: optuna.Study) -> optuna.Trial:
-    with warnings.catch_warnings():
-        # Optuna warns that heartbeats are meant for Study.optimize; this loop runs them itself.
-        warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
-        return study.ask()
-
-
-def _fail_stale(study: optuna.Study) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-
-
-def _retry(study: optuna.Study, trial: optuna.Trial) -> None:
-    """Queue the configuration of an interrupted trial again, as the storage retries a stale one."""
-    retry = study._storage.get_heartbeat_stale_trial_callback()
-    retry(study, study._storage.get_trial(trial._trial_id))
-
-
 def next_trial(
-    study: optuna.Study, objective: Objective, n_trials: int, rank: int
+    study: optuna.Study, storage: BaseStorage, objective: Objective, n_trials: int, rank: int
 ) -> optuna.trial.FrozenTrial:
     """Ask for a trial and run it to a final state (or withdraw it as surplus); ``rank`` is recorded.
 
@@ -102,46 +86,53 @@ def next_trial(
     trial: optuna.Trial | None = None
     try:
         with deferred():
-            trial = _ask(study)
-            claim(trial._trial_id, study._storage)
+            trial = study.ask()
+            key = trial_id(storage, study, trial.number)
+            claim(storage, key)
             trial.set_user_attr("worker", rank)
             if _surplus(study, trial, n_trials):
                 trial.set_user_attr("failure", "surplus: the study already had enough trials")
                 _tell(study, trial, TrialState.FAIL)
-                return study._storage.get_trial(trial._trial_id)
-        state, values = _run(study, trial, objective)
+                return storage.get_trial(key)
+        state, values = _run(storage, key, trial, objective)
         with deferred():
             _tell(study, trial, state, values)
     except KeyboardInterrupt as e:
         if trial is not None:
             with deferred():  # a second interrupt waits until this one is recorded
-                _record_interrupt(study, trial, e)
+                _record_interrupt(study, storage, trial, e)
         raise
-    return study._storage.get_trial(trial._trial_id)
+    return storage.get_trial(key)
 
 
 def _run(
-    study: optuna.Study, trial: optuna.Trial, objective: Objective
+    storage: BaseStorage, key: int, trial: optuna.Trial, objective: Objective
 ) -> tuple[TrialState, list[float] | None]:
     """The objective under a heartbeat: its state and values; a crash is FAIL with its reason."""
     try:
-        with get_heartbeat_thread(trial._trial_id, study._storage):
+        with heartbeat.heartbeat(storage, key, heartbeat.HEARTBEAT_S):
             return TrialState.COMPLETE, objective(trial)
     except optuna.TrialPruned:
         return TrialState.PRUNED, None
+    except StorageUnavailable:
+        raise  # not the configuration's fault: the trial stays RUNNING, to be retried as stale
     except Exception as e:
         if "failure" not in trial.user_attrs:
             trial.set_user_attr("failure", f"crashed: {type(e).__name__}: {e}")
         return TrialState.FAIL, None
 
 
-def _record_interrupt(study: optuna.Study, trial: optuna.Trial, error: KeyboardInterrupt) -> None:
-    if study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+def _record_interrupt(
+    study: optuna.Study, storage: BaseStorage, trial: optuna.Trial, error: KeyboardInterrupt
+) -> None:
+    """FAIL the interrupted trial and queue its configuration again, as a stale one is."""
+    key = trial_id(storage, study, trial.number)
+    if storage.get_trial(key).state != TrialState.RUNNING:
         return  # told already, or failed as stale by another worker
     if "failure" not in trial.user_attrs:
         trial.set_user_attr("failure", f"interrupted: {error or 'SIGINT'}")
     if _tell(study, trial, TrialState.FAIL):  # else the worker that failed it queued it again
-        _retry(study, trial)
+        RetryConfiguration()(study, storage.get_trial(key))
 
 
 def _tell(
@@ -168,19 +159,19 @@ def work(
     """One worker: run trials until the study has ``n_trials`` finished ones."""
     _use_threads(threads)
     storage = open_storage(url)
-    study = open_study(spec, storage, name, worker_seed(spec.seed, rank))
+    study = open_study(spec, storage, name)
     objective = Objective(spec, trainer)
     crashes = 0
     with interrupts_raise():
         while True:
-            _fail_stale(study)
+            fail_stale(study, storage, heartbeat.GRACE_S)
             now = counts(study)
             if now.finished >= n_trials:
                 return
             if now.by_state[TrialState.WAITING] == 0 and now.live >= n_trials:
                 time.sleep(POLL_S)  # enough trials run; wait in case one of them fails
                 continue
-            trial = next_trial(study, objective, n_trials, rank)
+            trial = next_trial(study, storage, objective, n_trials, rank)
             failure = trial.user_attrs.get("failure", "")
             crashes = crashes + 1 if failure.startswith("crashed") else 0
             if crashes >= MAX_CONSECUTIVE_CRASHES:
@@ -192,7 +183,12 @@ def work(
 def _worker_main(
     spec: SearchSpec, url: str, name: str, n_trials: int, rank: int, trainer: Trainer, threads: int | None
 ) -> None:
-    """Entry point of a worker process: errors become one line on stderr and exit code 2."""
+    """Entry point of a worker process: errors become one line on stderr and exit code 2.
+
+    The worker ends with its parent (:func:`_end_with_parent`), so a killed ``optispace search``
+    leaves no worker running unseen beside the one a rerun starts.
+    """
+    _end_with_parent(os.getppid())
     try:
         work(spec, url, name, n_trials, rank, trainer, threads=threads)
     except UserError as e:
@@ -200,6 +196,21 @@ def _worker_main(
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def _end_with_parent(parent: int) -> None:
+    """SIGTERM this process once its parent is gone (its parent pid changes when it is re-parented).
+
+    A thread polls rather than Linux's parent-death signal so that it works on every platform;
+    SIGTERM, not SIGKILL, so the running trial is recorded as interrupted and queued again.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(POLL_S)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="optispace-parent-watch", daemon=True).start()
 
 
 def cpu_threads(spec: SearchSpec, workers: int) -> int | None:
@@ -237,13 +248,14 @@ def run_search(
     name: str | None = None,
     n_trials: int | None = None,
     workers: int = 1,
-    rank_offset: int | None = None,
+    rank_offset: int = 0,
     trainer: Trainer = proxy_trainer,
     progress: bool = True,
 ) -> Summary:
     """Run (or resume, or join) the study of ``spec`` until it has ``n_trials`` finished trials.
 
-    ``rank_offset``: the rank of the first local worker; by default :func:`first_free_rank`.
+    ``rank_offset``: the rank of the first local worker, a label recorded on its trials (the
+    sampler's seeds come from the study seed and the trial numbers, never from ranks).
     """
     name = name or spec.name
     n_trials = n_trials or spec.trials
@@ -254,33 +266,13 @@ def run_search(
                 f"the grid of {spec.path} has {size} configurations; ask for at most {size} trials"
             )
     storage = open_storage(url)
-    study = open_study(spec, storage, name, worker_seed(spec.seed, rank_offset or 0))
-    if rank_offset is None:
-        rank_offset = first_free_rank(study)
-        if rank_offset > 0:
-            print(
-                f"optispace search: joining study {name!r}: ranks below {rank_offset} run on other hosts; "
-                f"this machine's workers take ranks {rank_offset} to {rank_offset + workers - 1}",
-                file=sys.stderr,
-            )
+    study = open_study(spec, storage, name)
     with _Progress(study, n_trials, enabled=progress) as bar:
         if workers == 1:
             work(spec, url, name, n_trials, rank_offset, trainer, bar.update, cpu_threads(spec, 1))
         else:
             _run_processes(spec, url, name, n_trials, range(rank_offset, rank_offset + workers), trainer, bar)
     return Summary(name, counts(study), _best(study))
-
-
-def first_free_rank(study: optuna.Study) -> int:
-    """One above the highest worker rank now running on another host; 0 when none does.
-
-    So a machine joining a study draws its own sampler seeds instead of repeating those of the
-    machines at work (two machines starting at the same moment can still pick the same ranks:
-    wasteful, not wrong).
-    """
-    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    ranks = [t.user_attrs["worker"] for t in running if "worker" in t.user_attrs and claimed_elsewhere(t)]
-    return max(ranks) + 1 if ranks else 0
 
 
 def _run_processes(

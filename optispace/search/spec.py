@@ -28,6 +28,13 @@ from optispace.search.families import FAMILIES, ROLE_SHAPES, incompatible_choice
 from optispace.search.locate import key_lines, line_of
 
 ROLES = ("embed", "head", "matrix", "vector")
+#: Bounds that keep a typo from running for ever or exhausting memory (a study name must also fit
+#: Optuna's RDB column of 512 characters; seeds fit a signed 64-bit integer, as the report stores them).
+MAX_NAME = 512
+MAX_SEED = 2**63 - 1
+MAX_STEPS = 10**9
+MAX_TOKENS = 10**13
+MAX_EVAL_TOKENS = 2**26
 SAMPLERS = ("tpe", "random", "grid", "gp", "nsga2")
 PRUNERS = ("median", "hyperband", "none")
 OBJECTIVES = (("val_loss",), ("val_loss", "state_bytes"))
@@ -172,6 +179,14 @@ def _string(value: Any) -> str | None:
     return None if isinstance(value, str) and value.strip() else f"must be a non-empty string, not {value!r}"
 
 
+def study_name_problem(value: Any) -> str | None:
+    """What is wrong with ``value`` as a study name, or None."""
+    problem = _string(value)
+    if problem is None and len(value) > MAX_NAME:
+        return f"must be at most {MAX_NAME} characters, not {len(value)}"
+    return problem
+
+
 def _one_of(allowed: tuple[str, ...]) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         if value in allowed:
@@ -181,11 +196,13 @@ def _one_of(allowed: tuple[str, ...]) -> Callable[[Any], str | None]:
     return check
 
 
-def _integer(low: int) -> Callable[[Any], str | None]:
+def _integer(low: int, high: int | None = None) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
-        if isinstance(value, int) and not isinstance(value, bool) and value >= low:
+        integer = isinstance(value, int) and not isinstance(value, bool)
+        if integer and value >= low and (high is None or value <= high):
             return None
-        return f"must be an integer >= {low}, not {value!r}"
+        bound = f">= {low}" if high is None else f"from {low} to {high}"
+        return f"must be an integer {bound}, not {value!r}"
 
     return check
 
@@ -220,16 +237,35 @@ NUMBER_CHECKS: dict[str, Callable[[Any], str | None]] = {
 
 
 def _device(value: Any) -> str | None:
-    if value in ("auto", "cpu") or (isinstance(value, str) and re.fullmatch(r"cuda(:\d+)?", value)):
+    if value in ("auto", "cpu"):
         return None
-    return f"{value!r} is not allowed; use auto, cpu, cuda or cuda:N"
+    if not (isinstance(value, str) and re.fullmatch(r"cuda(:\d+)?", value)):
+        return f"{value!r} is not allowed; use auto, cpu, cuda or cuda:N"
+    from optispace.proxies.train import resolve_device
+
+    try:
+        resolve_device(value)
+    except UserError as e:
+        return str(e).removeprefix("device: ")
+    return None
 
 
-def _existing_path(value: Any) -> str | None:
-    problem = _string(value)
-    if problem is None and not Path(value).exists():
-        return f"{value!r} does not exist (a text file, a folder of them, or .bin token shards)"
-    return problem
+def _data(vocab: int) -> Callable[[Any], str | None]:
+    """A data source ``train`` accepts (checked by its form, not loaded) for a model of ``vocab``."""
+
+    def check(value: Any) -> str | None:
+        problem = _string(value)
+        if problem:
+            return problem
+        from optispace.proxies.data import check_data
+
+        try:
+            check_data(value, vocab)
+        except UserError as e:
+            return str(e).removeprefix("data: ")
+        return None
+
+    return check
 
 
 def _boolean(value: Any) -> str | None:
@@ -237,11 +273,9 @@ def _boolean(value: Any) -> str | None:
 
 
 def _seed_list(value: Any) -> str | None:
-    ints = isinstance(value, list) and all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
-    )
+    ints = isinstance(value, list) and all(_integer(0, MAX_SEED)(v) is None for v in value)
     if not ints or not value:
-        return f"must be a non-empty array of integers >= 0, not {value!r}"
+        return f"must be a non-empty array of integers from 0 to {MAX_SEED}, not {value!r}"
     return None if len(set(value)) == len(value) else f"has a repeated seed: {value!r}"
 
 
@@ -270,6 +304,8 @@ def parse_search(path: str | Path) -> SearchSpec:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise UserError(f"cannot read search file {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); a search file is TOML, in UTF-8") from None
     return parse_search_text(text, str(path))
 
 
@@ -294,10 +330,10 @@ def parse_search_data(raw: dict[str, Any], path: str = "<search>", text: str = "
     roles = _roles(top.table("roles"))
     top.done(("study", "proxy", "roles"))
 
-    name = study.get("name", _string)
+    name = study.get("name", study_name_problem)
     question = study.get("question", _string)
     tolerance = float(study.get("tolerance", _real(0.0, open_low=True), 0.01))
-    seed = study.get("seed", _integer(0), 0)
+    seed = study.get("seed", _integer(0, MAX_SEED), 0)
     trials = study.get("trials", _integer(1), 20)
     seeds = tuple(study.get("seeds", _seed_list, [0]))
     objectives = tuple(study.get("objectives", _objectives, ["val_loss"]))
@@ -333,17 +369,20 @@ def _proxy(table: _Table) -> ProxySpec:
     from optispace.proxies import TIERS
     from optispace.proxies.train import SCHEDULES
 
-    tokens = table.get("tokens", _integer(1), None)
-    steps = table.get("steps", _integer(1), None)
+    tokens = table.get("tokens", _integer(1, MAX_TOKENS), None)
+    steps = table.get("steps", _integer(1, MAX_STEPS), None)
     if (tokens is None) == (steps is None):
         raise table.file.error(table.key, "give the budget per trial as exactly one of 'tokens' or 'steps'")
+    tier_name = table.get("tier", _one_of(tuple(TIERS)))
+    tier = TIERS[tier_name]
+    max_batches = MAX_EVAL_TOKENS // tier.tokens_per_step
     spec = ProxySpec(
-        tier=table.get("tier", _one_of(tuple(TIERS))),
-        data=table.get("data", _existing_path, None),
+        tier=tier_name,
+        data=table.get("data", _data(tier.model.vocab_size), None),
         tokens=tokens,
         steps=steps,
         eval_every=table.get("eval_every", _integer(1), 50),
-        eval_batches=table.get("eval_batches", _integer(1), 8),
+        eval_batches=table.get("eval_batches", _integer(1, max_batches), 8),
         schedule=table.get("schedule", _one_of(SCHEDULES), "cosine"),
         warmup=float(table.get("warmup", _real(0.0, 1.0), 0.1)),
         grad_clip=float(table.get("grad_clip", _real(0.0), 1.0)),

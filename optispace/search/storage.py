@@ -4,45 +4,42 @@ The default is Optuna's journal file (``JournalStorage`` + ``JournalFileBackend`
 several local worker processes append to one log under a file lock, which is what the journal was
 made for, while SQLite serialises every writer on one database lock and answers "database is
 locked" under parallel trials. The journal is append-only, so a worker killed mid-write cannot
-corrupt what finished trials wrote. Anything with ``://`` is an RDB URL (``sqlite:///x.db``,
-``postgresql+psycopg2://user@host/db``): that is the way to many workers on many machines.
+corrupt what finished trials wrote (a torn tail is set aside: ``optispace.search.journal``).
+Anything that starts with a URL scheme is an RDB URL (``sqlite:///x.db``, ``postgresql+psycopg2://user@host/db``):
+that is the way to many workers on many machines.
 
-A worker that dies mid-trial leaves its trial RUNNING. Both kinds of storage here find such trials
-two ways: a heartbeat older than the grace period (Optuna's heartbeat on RDB storages; the same
-contract implemented on the journal below), and, at once, a trial whose worker process on this
-host no longer exists. ``optuna.storages.fail_stale_trials`` marks them FAIL and the retry
-callback queues their configuration again.
+Both are Optuna's storage classes with no heartbeat of their own: ``optispace.search.heartbeat``
+keeps one, alike on both, through the public storage API.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import inspect
 import os
-import socket
+import re
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages._heartbeat import BaseHeartbeat
-from optuna.storages.journal import JournalFileBackend
-from optuna.trial import FrozenTrial, TrialState
+import sqlalchemy.exc
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 
 from optispace.errors import UserError, require
 from optispace.search.interrupts import deferred
+from optispace.search.journal import journal_backend
 
 #: Overrides the default location (a path or an RDB URL), e.g. for tests or a shared disk.
 STORAGE_ENV = "OPTISPACE_STORAGE"
-HEARTBEAT_S = 10
-GRACE_S = 30
-MAX_RETRY = 3
-_HEARTBEAT_ATTR = "optispace:heartbeat"
-_CLAIM_ATTR = "optispace:claim"
+#: A database outage is waited out this long (pauses doubling from FIRST_PAUSE_S to MAX_PAUSE_S).
+OUTAGE_S = 60.0
+FIRST_PAUSE_S = 0.5
+MAX_PAUSE_S = 8.0
+#: Creating the schema, several processes may collide; each retries this many times.
+SCHEMA_ATTEMPTS = 5
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 
 
 def default_url() -> str:
@@ -55,181 +52,125 @@ def default_url() -> str:
 
 
 def is_rdb_url(url: str) -> bool:
-    """True for an SQLAlchemy URL (``dialect+driver://...``); anything else is a journal path."""
-    return "://" in url
+    """True for anything that starts with a URL scheme (``dialect+driver:``); else a journal path.
 
-
-def claim(trial_id: int, storage: optuna.storages.BaseStorage) -> None:
-    """Record on a trial which process on which host runs it, and since when."""
-    mark = {"host": socket.gethostname(), "pid": os.getpid(), "at": time.time()}
-    storage.set_trial_system_attr(trial_id, _CLAIM_ATTR, mark)
-
-
-def _own_claim(trial: FrozenTrial) -> dict | None:
-    """The trial's claim, unless it has none of its own.
-
-    A retried trial inherits the system attributes of the one it retries; a claim older than the
-    trial's start is that inheritance, not its worker's, and is ignored.
+    One letter before the colon is a Windows drive, not a scheme.
     """
-    mark = trial.system_attrs.get(_CLAIM_ATTR)
-    return mark if isinstance(mark, dict) and mark["at"] >= _started(trial) else None
+    match = _SCHEME.match(url)
+    return match is not None and len(match.group(1)) > 1
 
 
-def claimed_elsewhere(trial: FrozenTrial) -> bool:
-    """The trial is run by a worker on another host."""
-    mark = _own_claim(trial)
-    return mark is not None and mark["host"] != socket.gethostname()
+def check_url(url: str) -> None:
+    """``UserError`` unless ``url`` is a journal path or a database URL SQLAlchemy can dial."""
+    if not is_rdb_url(url):
+        return
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-
-def _started(trial: FrozenTrial) -> float:
-    return trial.datetime_start.timestamp() if trial.datetime_start else time.time()
-
-
-def _orphaned(trial: FrozenTrial) -> bool:
-    """The trial's worker ran on this host and its process is gone."""
-    mark = _own_claim(trial)
-    if mark is None or mark["host"] != socket.gethostname():
-        return False
+    example = "such as sqlite:///studies.db or postgresql+psycopg2://user@host/db"
+    scheme = _SCHEME.match(url).group(1)
+    if not url.startswith(f"{scheme}://"):
+        raise UserError(f"storage {_redact(url)}: a database URL is written {scheme}://..., {example}")
     try:
-        os.kill(mark["pid"], 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+        make_url(url).get_dialect()
+    except NoSuchModuleError:  # a subclass of ArgumentError, so first
+        raise UserError(
+            f"storage {_redact(url)}: {scheme!r} is not a database SQLAlchemy knows; give a URL {example}, "
+            "or a file path for a journal"
+        ) from None
+    except (ArgumentError, ValueError):  # ValueError: a port that is no number
+        raise UserError(f"storage {_redact(url)}: not a valid database URL; give one {example}") from None
 
 
-class RetryConfiguration(RetryHeartbeatStaleTrialCallback):
-    """Optuna's retry of a failed trial (a WAITING copy of its parameters), without its user attributes.
-
-    Optuna copies them all; the ``failure`` of the interrupted run would then stick to the retry,
-    and a retry that completes would read as diverged. The run records the rest again.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(max_retry=MAX_RETRY)
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        configuration = copy.deepcopy(trial)
-        configuration.user_attrs = {}
-        super().__call__(study, configuration)
-
-
-class _OrphanAware:
-    """Adds trials whose local worker process is gone to the heartbeat's stale trials."""
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        stale = set(super()._get_stale_trial_ids(study_id))  # type: ignore[misc]
-        running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))  # type: ignore[attr-defined]
-        stale.update(t._trial_id for t in running if _orphaned(t))
-        return sorted(stale)
-
-
-#: Every method through which a worker reads or writes a study (Optuna's storage and heartbeat API).
+#: Every method through which a worker reads or writes a study (Optuna's public storage API).
 _STORAGE_METHODS = tuple(
     name
-    for base in (BaseStorage, BaseHeartbeat)
-    for name, value in vars(base).items()
+    for name, value in vars(BaseStorage).items()
     if inspect.isfunction(value) and not name.startswith("_")
-) + ("_get_stale_trial_ids",)
+)
+
+
+class StorageUnavailable(UserError):
+    """The database stayed unreachable for :data:`OUTAGE_S` seconds."""
 
 
 def _deferring(cls: type) -> type:
-    """``cls`` with each storage method run under :func:`deferred`: an interrupt waits for it.
+    """``cls`` with each storage method run under :func:`deferred` and retried through outages.
 
     Cut anywhere, a read or a write can leave damage: Optuna's journal counts a log as read before
     applying it (a log skipped that way, say another worker's new trial, is never seen again by this
     process and misnumbers every later trial), an append can be cut between lock and unlock, and an
-    SQL transaction between its statements.
+    SQL transaction between its statements. An interrupt therefore waits for the call under way.
     """
     for name in _STORAGE_METHODS:
-        setattr(cls, name, _deferred_method(getattr(cls, name)))
+        setattr(cls, name, _guarded(getattr(cls, name)))
     return cls
 
 
-def _deferred_method(method: Callable[..., Any]) -> Callable[..., Any]:
+def _transient(error: BaseException) -> bool:
+    """A lost or refused database connection (Optuna wraps SQLAlchemy's errors in its own)."""
+    cause = error.__cause__ if isinstance(error, optuna.exceptions.StorageInternalError) else error
+    if isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated:
+        return True
+    return isinstance(cause, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError)
+
+
+def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` deferred, and retried with doubling pauses while the database is unreachable.
+
+    After :data:`OUTAGE_S` seconds it raises :class:`StorageUnavailable`: the worker stops with one
+    line, and its trial, left RUNNING, is failed and retried by the next worker as a stale one. A
+    transaction is rolled back when its connection fails, so a retry repeats no committed write;
+    only a commit whose acknowledgement was lost could be made twice.
+    """
+
     @functools.wraps(method)
-    def run_deferred(*args: Any, **kwargs: Any) -> Any:
-        with deferred():
-            return method(*args, **kwargs)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        waited, pause = 0.0, FIRST_PAUSE_S
+        while True:
+            try:
+                with deferred():
+                    return method(*args, **kwargs)
+            except Exception as e:
+                if not _transient(e):
+                    raise
+                if waited >= OUTAGE_S:
+                    reason = str(e.__cause__ or e).strip().splitlines()[0]
+                    raise StorageUnavailable(
+                        f"the storage stayed unreachable for {waited:.0f} s ({reason}); the trial under "
+                        "way is retried by the next search"
+                    ) from None
+            time.sleep(pause)
+            waited, pause = waited + pause, min(2 * pause, MAX_PAUSE_S)
 
-    return run_deferred
-
-
-class _HeartbeatJournal(JournalStorage, BaseHeartbeat):
-    """Optuna's journal storage with the heartbeat contract of its RDB storage.
-
-    A beat is a system attribute holding the wall-clock time; a RUNNING trial is stale when its
-    last beat (or its start, before the first beat) is older than ``grace_s`` seconds.
-    """
-
-    def __init__(self, path: str, heartbeat_s: int, grace_s: int) -> None:
-        super().__init__(JournalFileBackend(path))
-        self._heartbeat_s = heartbeat_s
-        self._grace_s = grace_s
-        self._retry = RetryConfiguration()
-
-    def record_heartbeat(self, trial_id: int) -> None:
-        self.set_trial_system_attr(trial_id, _HEARTBEAT_ATTR, time.time())
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        now = time.time()
-        stale = []
-        for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-            # max: a retried trial inherits the last beat of the trial it retries.
-            last = max(trial.system_attrs.get(_HEARTBEAT_ATTR, 0.0), _started(trial))
-            if now - last > self._grace_s:
-                stale.append(trial._trial_id)
-        return stale
-
-    def get_heartbeat_interval(self) -> int:
-        return self._heartbeat_s
-
-    def get_heartbeat_stale_trial_callback(self) -> RetryConfiguration:
-        return self._retry
+    return call
 
 
 @_deferring
-class JournalFileStorage(_OrphanAware, _HeartbeatJournal):
-    """The embedded default: a journal file with heartbeats and local orphan detection."""
+class Journal(JournalStorage):
+    """The embedded default: Optuna's journal storage on a checked journal file."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(journal_backend(path))
 
 
 @_deferring
-class HeartbeatRDBStorage(_OrphanAware, RDBStorage):
-    """Optuna's RDB storage with local orphan detection added to its heartbeat."""
+class Database(RDBStorage):
+    """Optuna's RDB storage."""
 
 
-def open_storage(
-    url: str, *, heartbeat_s: int | None = None, grace_s: int | None = None
-) -> JournalFileStorage | HeartbeatRDBStorage:
-    """Open (creating if needed) the storage at ``url``; ``UserError`` if it cannot be reached.
-
-    ``heartbeat_s`` and ``grace_s`` default to :data:`HEARTBEAT_S` and :data:`GRACE_S`.
-    """
-    heartbeat_s = HEARTBEAT_S if heartbeat_s is None else heartbeat_s
-    grace_s = GRACE_S if grace_s is None else grace_s
-    with warnings.catch_warnings():
-        # The heartbeat and the retry callback are "experimental" in Optuna since 2.8; we rely on them.
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return _open(url, heartbeat_s, grace_s)
-
-
-def _open(url: str, heartbeat_s: int, grace_s: int) -> JournalFileStorage | HeartbeatRDBStorage:
+def open_storage(url: str) -> Journal | Database:
+    """Open (creating if needed) the storage at ``url``; ``UserError`` if it cannot be reached."""
+    check_url(url)
     if not is_rdb_url(url):
         path = Path(url)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            return JournalFileStorage(str(path), heartbeat_s, grace_s)
+            return Journal(str(path))
         except OSError as e:
             raise UserError(f"cannot open the journal file {path}: {e.strerror or e}") from None
     try:
-        return HeartbeatRDBStorage(
-            url,
-            engine_kwargs={"pool_pre_ping": True},
-            heartbeat_interval=heartbeat_s,
-            grace_period=grace_s,
-            heartbeat_stale_trial_callback=RetryConfiguration(),
-        )
+        return _create_database(url)
     except (ImportError, ModuleNotFoundError) as e:
         if url.partition("://")[0] in ("postgresql", "postgresql+psycopg2"):  # SQLAlchemy's default driver
             require("psycopg2", "postgres", f"storage {_redact(url)}")
@@ -240,6 +181,20 @@ def _open(url: str, heartbeat_s: int, grace_s: int) -> JournalFileStorage | Hear
             f"cannot reach storage {_redact(url)}: {reason}; check the URL, that the server is up, "
             "and the credentials"
         ) from None
+
+
+def _create_database(url: str) -> Database:
+    """Optuna's RDB storage, creating its tables if needed, safe when several processes start at once.
+
+    Two processes creating the same tables collide (a duplicate table or type); the loser tries
+    again and finds the tables there.
+    """
+    for attempt in range(1, SCHEMA_ATTEMPTS):
+        try:
+            return Database(url, engine_kwargs={"pool_pre_ping": True})
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            time.sleep(0.1 * attempt)
+    return Database(url, engine_kwargs={"pool_pre_ping": True})
 
 
 def _redact(url: str) -> str:

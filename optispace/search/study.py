@@ -8,7 +8,8 @@ incomparable); only ``study.trials``, the default N, may change between runs.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import optuna
@@ -18,9 +19,64 @@ from optispace.errors import UserError, require
 from optispace.search.spec import SearchSpec
 
 
-def worker_seed(study_seed: int, rank: int) -> int:
-    """The sampler seed of worker ``rank``: a SeedSequence of (study seed, rank), 32 bits."""
-    return int(np.random.SeedSequence([study_seed, rank]).generate_state(1)[0])
+def trial_seed(study_seed: int, number: int) -> int:
+    """The sampler seed of trial ``number``: a SeedSequence of (study seed, trial number), 32 bits."""
+    return int(np.random.SeedSequence([study_seed, number]).generate_state(1)[0])
+
+
+class PerTrialSampler(optuna.samplers.BaseSampler):
+    """The search file's sampler, built afresh for each trial and seeded by :func:`trial_seed`.
+
+    A sampler seeded once per worker replays its stream: a resumed study, a rerun after a crash or
+    a second host starting with the same seed proposes the configurations it proposed before. Trial
+    numbers are unique in a study (the storage assigns them under its lock), so seeding by the
+    trial number never repeats a stream; the history the sampler models comes from the storage, so
+    nothing of value lives in the discarded instance.
+    """
+
+    def __init__(self, build: Callable[[int], optuna.samplers.BaseSampler], study_seed: int) -> None:
+        self._build = build
+        self._study_seed = study_seed
+        self._sampler = build(study_seed)
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """Build this trial's sampler (Optuna calls this first for every trial it creates)."""
+        self._sampler = self._build(trial_seed(self._study_seed, trial.number))
+        self._sampler.before_trial(study, trial)
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: optuna.trial.FrozenTrial
+    ) -> dict[str, optuna.distributions.BaseDistribution]:
+        return self._sampler.infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        search_space: dict[str, optuna.distributions.BaseDistribution],
+    ) -> dict[str, Any]:
+        return self._sampler.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        param_name: str,
+        param_distribution: optuna.distributions.BaseDistribution,
+    ) -> Any:
+        return self._sampler.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        self._sampler.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._sampler.reseed_rng()
 
 
 class _GridSampler(optuna.samplers.BruteForceSampler):
@@ -41,7 +97,7 @@ class _GridSampler(optuna.samplers.BruteForceSampler):
 
 
 def make_sampler(spec: SearchSpec, seed: int) -> optuna.samplers.BaseSampler:
-    """The sampler the search file names, seeded with this worker's seed."""
+    """The sampler the search file names, seeded with ``seed``."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if spec.sampler == "tpe":
@@ -96,25 +152,45 @@ def _first_difference(a: object, b: object, path: str = "") -> str:
     return path or "(top level)"
 
 
-def open_study(spec: SearchSpec, storage: optuna.storages.BaseStorage, name: str, seed: int) -> optuna.Study:
-    """Create the study, or load it if it exists; refuse to mix two different search files."""
+def open_study(spec: SearchSpec, storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
+    """Load the study, or create it if it does not exist; refuse to mix two different search files.
+
+    Loading comes first: Optuna's journal appends a ``create_study`` record even when the study
+    exists, so a refused file would still have written to the storage.
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        storage=storage,
-        study_name=name,
-        sampler=make_sampler(spec, seed),
-        pruner=make_pruner(spec),
-        directions=["minimize"] * len(spec.objectives),
-        load_if_exists=True,
-    )
+    sampler = PerTrialSampler(lambda seed: make_sampler(spec, seed), spec.seed)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=make_pruner(spec))
+    except KeyError:
+        study = _create(spec, storage, name, sampler)
     stored = study.user_attrs.get("search")
-    if stored is None:
-        for key, value in study_attrs(spec).items():
-            study.set_user_attr(key, value)
-    elif _comparable(stored) != _comparable(spec.raw):
+    if stored is not None and _comparable(stored) != _comparable(spec.raw):
         key = _first_difference(_comparable(stored), _comparable(spec.raw))
         raise UserError(
             f"study {name!r} exists in this storage with a different search file (first difference: "
             f"{key}); resume it with the file it was made from, or choose another name with --study"
         )
+    return study
+
+
+def _create(
+    spec: SearchSpec, storage: optuna.storages.BaseStorage, name: str, sampler: PerTrialSampler
+) -> optuna.Study:
+    """Create the study with its attributes and metric names (another process may win the race)."""
+    try:
+        study = optuna.create_study(
+            storage=storage,
+            study_name=name,
+            sampler=sampler,
+            pruner=make_pruner(spec),
+            directions=["minimize"] * len(spec.objectives),
+        )
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=make_pruner(spec))
+    for key, value in study_attrs(spec).items():
+        study.set_user_attr(key, value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(spec.objectives))  # optuna-dashboard shows them, not "Objective 0"
     return study
