@@ -37,6 +37,7 @@ from optispace.search.space import grid_size
 from optispace.search.spec import SearchSpec
 from optispace.search.storage import claim, claimed_elsewhere, open_storage
 from optispace.search.study import open_study, worker_seed
+from optispace.trial import TrialRecord, write
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 LIVE = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
@@ -104,9 +105,9 @@ def next_trial(
         with deferred():
             trial = _ask(study)
             claim(trial._trial_id, study._storage)
-            trial.set_user_attr("worker", rank)
+            write(trial, TrialRecord(worker=rank))
             if _surplus(study, trial, n_trials):
-                trial.set_user_attr("failure", "surplus: the study already had enough trials")
+                write(trial, TrialRecord(failure="surplus: the study already had enough trials"))
                 _tell(study, trial, TrialState.FAIL)
                 return study._storage.get_trial(trial._trial_id)
         state, values = _run(study, trial, objective)
@@ -131,7 +132,7 @@ def _run(
         return TrialState.PRUNED, None
     except Exception as e:
         if "failure" not in trial.user_attrs:
-            trial.set_user_attr("failure", f"crashed: {type(e).__name__}: {e}")
+            write(trial, TrialRecord(failure=f"crashed: {type(e).__name__}: {e}"))
         return TrialState.FAIL, None
 
 
@@ -139,7 +140,7 @@ def _record_interrupt(study: optuna.Study, trial: optuna.Trial, error: KeyboardI
     if study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
         return  # told already, or failed as stale by another worker
     if "failure" not in trial.user_attrs:
-        trial.set_user_attr("failure", f"interrupted: {error or 'SIGINT'}")
+        write(trial, TrialRecord(failure=f"interrupted: {error or 'SIGINT'}"))
     if _tell(study, trial, TrialState.FAIL):  # else the worker that failed it queued it again
         _retry(study, trial)
 
