@@ -29,18 +29,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from optispace.probes import build
     from optispace.proxies import TIERS, TrainConfig, train
 
-    probes = tuple(name for name in args.probes.split(",") if name)
+    try:
+        probes = build([name for name in args.probes.split(",") if name])
+    except ValueError as e:
+        raise UserError(f"--probes: {e}") from None
     cfg = TrainConfig(recipe=args.recipe, proxy=args.proxy, tokens=args.tokens, lr=args.lr, seed=args.seed,
-                      device=args.device, data=args.data, probes=probes, compile=args.compile)
+                      device=args.device, data=args.data, compile=args.compile)
     if args.steps is not None:
         if args.steps <= 0:
             raise UserError(f"--steps: {args.steps} is not a positive number of steps")
         cfg = dataclasses.replace(cfg, tokens=args.steps * TIERS[args.proxy].tokens_per_step)
     if args.out is not None and not args.out.parent.is_dir():
         raise UserError(f"--out: folder {args.out.parent} does not exist")
-    record = train(cfg, checkpoint=args.checkpoint, resume=args.resume)
+    record = train(cfg, callbacks=probes, checkpoint=args.checkpoint, resume=args.resume)
     if args.out is not None:
         args.out.write_text(record.to_json() + "\n")
     print(summary(record))

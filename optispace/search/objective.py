@@ -45,21 +45,26 @@ class Record(Protocol):
     probes: dict[str, dict[str, Any]]
 
 
-#: ``trainer(TrainConfig keyword arguments, on_eval) -> record``: the seam tests replace.
+#: ``trainer(run settings, on_eval) -> record``: the seam tests replace (see :func:`train_config`).
 Trainer = Callable[[dict[str, Any], OnEval], Record]
 
 
 def proxy_trainer(config: dict[str, Any], on_eval: OnEval) -> Record:
-    """Train with ``optispace.proxies.train`` (no progress bar: the study shows one over trials)."""
+    """Train with ``optispace.proxies.train``, the named probes built as its callbacks (no progress
+    bar: the study shows one over trials)."""
+    from optispace.probes import build
     from optispace.proxies import TrainConfig, train
 
-    return train(TrainConfig(**config), on_eval=on_eval, progress=False)
+    settings = dict(config)
+    probes = build(settings.pop("probes"))
+    return train(TrainConfig(**settings), on_eval=on_eval, callbacks=probes, progress=False)
 
 
 def train_config(spec: SearchSpec, configuration: Configuration, seed: int) -> dict[str, Any]:
-    """The ``TrainConfig`` keyword arguments of one seed of a configuration.
+    """The settings of one seed of a configuration: ``TrainConfig`` keyword arguments and ``probes``.
 
-    Probes ride on the first seed only: a trial records only that seed's (the seeds are distinct).
+    ``probes`` (names) ride on the first seed only: a trial records only that seed's (the seeds are
+    distinct).
     """
     proxy = spec.proxy
     return {
