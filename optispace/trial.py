@@ -66,7 +66,7 @@ from typing import TYPE_CHECKING, Any
 from optispace.roles import ROLES
 
 if TYPE_CHECKING:
-    from optuna.trial import FrozenTrial
+    from optuna.trial import BaseTrial, FrozenTrial
 
     from optispace.chain import Chain
 
@@ -144,8 +144,8 @@ _SCALARS = (
     "regime",
 )
 _ROLE_FIELDS = {"trained_chain": "trained", "chain": "label", "lr": "lr", "state_bytes": "state_bytes"}
-_PROBE = "probe."
-_SCALE = "scale."
+_PROBE = "probe"
+_SCALE = "scale"
 
 
 def attributes(record: TrialRecord) -> dict[str, Any]:
@@ -164,17 +164,17 @@ def attributes(record: TrialRecord) -> dict[str, Any]:
         if getattr(record, name) is not None:
             attrs[name] = list(getattr(record, name))
     attrs.update({name: getattr(record, name) for name in _SCALARS if getattr(record, name) is not None})
-    attrs.update({_PROBE + name: value for name, value in record.probe_values.items()})
+    attrs.update({f"{_PROBE}.{name}": value for name, value in record.probe_values.items()})
     if record.probes is not None:
         attrs["probes"] = dict(record.probes)
     if record.curve is not None:
         attrs["curve"] = [[step, loss] for step, loss in record.curve]
-    attrs.update({_SCALE + axis: value for axis, value in record.scale.items()})
+    attrs.update({f"{_SCALE}.{axis}": value for axis, value in record.scale.items()})
     return attrs
 
 
-def write(trial: Any, record: TrialRecord) -> None:
-    """Store ``record``'s set fields on ``trial`` (an ``optuna.Trial``): the one writer of trials."""
+def write(trial: BaseTrial, record: TrialRecord) -> None:
+    """Store ``record``'s set fields on ``trial``'s user attributes: the one writer of trials."""
     for key, value in attributes(record).items():
         trial.set_user_attr(key, value)
 
@@ -186,9 +186,10 @@ def read(trial: FrozenTrial) -> TrialRecord:
 
 def from_attributes(attrs: Mapping[str, Any]) -> TrialRecord:
     """The record whose :func:`attributes` are ``attrs``; attributes it does not know are ignored."""
+    roles, probe_values, scale = _prefixed(attrs)
     seeds, losses, curve = attrs.get("seeds"), attrs.get("seed_losses"), attrs.get("curve")
     return TrialRecord(
-        roles=_read_roles(attrs),
+        roles=roles,
         hp=dict(attrs["hp"]) if attrs.get("hp") is not None else None,
         seeds=tuple(int(s) for s in seeds) if seeds is not None else None,
         seed_losses=tuple(_float(x) for x in losses) if losses is not None else None,
@@ -198,28 +199,39 @@ def from_attributes(attrs: Mapping[str, Any]) -> TrialRecord:
         device=attrs.get("device"),
         corpus_fingerprint=attrs.get("corpus_fingerprint"),
         worker=_int(attrs.get("worker")),
-        probe_values={k.removeprefix(_PROBE): _float(v) for k, v in attrs.items() if k.startswith(_PROBE)},
+        probe_values=probe_values,
         probes=dict(attrs["probes"]) if attrs.get("probes") is not None else None,
         curve=tuple((int(s), float(v)) for s, v in curve) if curve is not None else None,
         failure=attrs.get("failure"),
         failure_step=_int(attrs.get("failure_step")),
         regime=attrs.get("regime"),
-        scale={k.removeprefix(_SCALE): float(v) for k, v in attrs.items() if k.startswith(_SCALE)},
+        scale=scale,
     )
 
 
-def _read_roles(attrs: Mapping[str, Any]) -> dict[str, RoleRun]:
+def _prefixed(
+    attrs: Mapping[str, Any],
+) -> tuple[dict[str, RoleRun], dict[str, float | None], dict[str, float]]:
+    """The attributes named ``<prefix>.<name>``, in one pass: the roles' runs, probe values, scale axes."""
     fields: dict[str, dict[str, Any]] = {}
+    probe_values: dict[str, float | None] = {}
+    scale: dict[str, float] = {}
     for key, value in attrs.items():
-        prefix, _, role = key.partition(".")
-        if role and prefix in _ROLE_FIELDS:
-            fields.setdefault(role, {})[_ROLE_FIELDS[prefix]] = value
+        prefix, _, name = key.partition(".")
+        if not name:
+            continue
+        if prefix in _ROLE_FIELDS:
+            fields.setdefault(name, {})[_ROLE_FIELDS[prefix]] = value
+        elif prefix == _PROBE:
+            probe_values[name] = _float(value)
+        elif prefix == _SCALE:
+            scale[name] = float(value)
     runs = {}
     for role in sorted(fields, key=role_sort_key):
         f = fields[role]
         label, trained = _label_as_trained(f.get("label"), f.get("trained"))
         runs[role] = RoleRun(trained, label, _float(f.get("lr")), _int(f.get("state_bytes")))
-    return runs
+    return runs, probe_values, scale
 
 
 def _label_as_trained(label: str | None, trained: str | None) -> tuple[str | None, str | None]:
