@@ -10,7 +10,9 @@ BIN := $(VENV)/bin
 $(BIN)/optispace: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# The CPU wheel of torch; a plain `torch` may pull a multi-GB CUDA build.
+	# torch pinned to the version the tests ran on (else the newest, where no wheel of it fits this
+	# Python). The default Linux wheel carries CUDA (several GB): for the CPU-only build, set
+	# PIP_INDEX_URL to the CPU wheel index first.
 	$(BIN)/pip install -q torch==2.13.0 || $(BIN)/pip install -q torch
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
@@ -24,6 +26,6 @@ test: $(BIN)/optispace
 	$(BIN)/pytest
 
 # Each benchmark prints ratios against an anchor measured in the same run (see README).
-BENCHES := bench_optimizer bench_train bench_report bench_probes bench_search
+BENCHES := bench_optimizer bench_train bench_report bench_probes bench_search bench_cli
 bench: $(BIN)/optispace
 	for b in $(BENCHES); do OMP_NUM_THREADS=1 $(BIN)/python bench/$$b.py || exit 1; done

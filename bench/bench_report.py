@@ -19,9 +19,8 @@ from pathlib import Path
 
 import optuna
 
-from optispace.report import analyses, frames
+from optispace.report import analyses, build_report, frames, write_report
 from optispace.report.synthetic import random_study
-from optispace.report.write import build_report, write_report
 
 
 def timed(fn, *args):

@@ -139,8 +139,8 @@ def _final(results: Results, recipe: str, choice: dict) -> list[float]:
     return [results.loss(point(recipe, choice["lr"], choice["table_lr"], s)) for s in SEEDS]
 
 
-def write_report(out: Path, results: Results, chosen: dict, tokens: int, workers: int, seconds: float,
-                 command: str) -> None:
+def write_reproduction_report(out: Path, results: Results, chosen: dict, tokens: int, workers: int,
+                              seconds: float, command: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     runs = [{"recipe": p.recipe, "lr": p.lr, "table_lr": p.table_lr, "seed": p.seed, "record": r}
             for p, r in results.runs.items()]
@@ -211,7 +211,7 @@ def main() -> None:
     results, chosen, seconds = reproduce(args.tokens, args.workers, args.max_extend)
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
     command = f"OMP_NUM_THREADS={threads} .venv/bin/python " + " ".join(sys.argv)
-    write_report(args.out, results, chosen, args.tokens, args.workers, seconds, command)
+    write_reproduction_report(args.out, results, chosen, args.tokens, args.workers, seconds, command)
     print(f"wrote {args.out / 'README.md'} and {args.out / 'runs.json'} ({seconds / 60:.1f} min)")
 
 

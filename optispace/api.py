@@ -59,7 +59,7 @@ class Search:
 
     def report(self, tolerance: float | None = None) -> Any:
         """Every analysis of the report as polars frames (``optispace.report.write.Report``)."""
-        from optispace.report.write import build_report
+        from optispace.report.build import build_report
 
         study = self.study
         if not study.get_trials(deepcopy=False):

@@ -1,8 +1,9 @@
 """The ``optispace`` command.
 
-Each subcommand lives in ``optispace/commands/<name>.py`` and provides ``HELP`` (one line),
-``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported only when their
-subcommand runs, so ``optispace recipes`` does not pay for Optuna or matplotlib.
+Each subcommand lives in ``optispace/commands/<name>.py`` and provides ``add_arguments(parser)``
+and ``run(args) -> int``; its one-line help is its entry in ``COMMANDS``. A module is imported
+only when its subcommand is named, and the package itself imports nothing heavy, so
+``optispace --help`` loads no torch and ``optispace recipes`` does not pay for Optuna or matplotlib.
 """
 
 from __future__ import annotations

@@ -181,7 +181,7 @@ RECIPES: dict[str, Recipe] = {
                 "adamw_betas": (0.9, 0.999), "adamw_eps": 1e-8, "adamw_weight_decay": 1e-2},
                _muon),
         Recipe("ember", "Ember: factored second moment, no momentum, on the token tables; AdamW elsewhere",
-               "the Ember formulas of ARCHITECTURE.md (Token Geometry, arXiv 2607.01455)", 1e-3,
+               "the Ember formulas of the Token Geometry paper (arXiv 2607.01455)", 1e-3,
                {"beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "betas": (0.9, 0.999)}, _ember),
     ]
 }

@@ -23,6 +23,18 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 @pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread: tiny tensors run faster, and a busy shared machine cannot stall them.
+
+    A module of tiny-tensor tests asks for it with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
 def study():
     """The report tests' synthetic study whose answer is known (a module may define its own)."""
     from optispace.report.synthetic import known_study

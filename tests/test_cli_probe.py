@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 
 from optispace.cli import main
-from optispace.probes.report import read_runs
+from optispace.report.probe_report import read_runs
 
 TINY = ["--proxy", "tiny", "--data", "zipf:n=20000", "--tokens", str(25 * 8 * 32)]
 
@@ -58,7 +58,7 @@ def test_an_interrupted_comparison_keeps_the_runs_done(tmp_path, monkeypatch):
 
     calls = []
 
-    def train(cfg, progress):
+    def train(cfg, callbacks, progress):
         calls.append(cfg.recipe)
         if len(calls) == 2:
             raise KeyboardInterrupt

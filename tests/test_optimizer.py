@@ -10,10 +10,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_chain import chains
-from test_primitives_base import one_thread  # noqa: F401 (autouse fixture)
 from torch import nn
 
 from optispace import RECIPES, Chain, Optimizer, assign_roles, state_bytes_for
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 class LM(nn.Module):

@@ -25,19 +25,12 @@ from primitives import (
     register,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 shapes_2d = st.tuples(st.integers(1, 7), st.integers(1, 7))
 shapes_any = st.one_of(shapes_2d, st.tuples(st.integers(1, 9)), st.just(()),
                        st.tuples(*[st.integers(1, 3)] * 3))
 seeds = st.integers(0, 2**16)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: tiny tensors run faster, and a busy shared machine cannot stall them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def randn(shape: Sequence[int], seed: int, scale: float = 1.0) -> torch.Tensor:

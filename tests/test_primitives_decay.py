@@ -7,7 +7,6 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from test_primitives_base import (
-    one_thread,  # noqa: F401 (autouse fixture)
     randn,
     seeds,
     shapes_any,
@@ -15,6 +14,8 @@ from test_primitives_base import (
 )
 
 from primitives import L2, WeightDecay
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 rates = st.floats(0.0, 1.0)
 lrs = st.floats(1e-4, 1.0)

@@ -8,7 +8,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_primitives_base import (
     assert_refused,
-    one_thread,  # noqa: F401 (autouse fixture)
     randn,
     seeds,
     shapes_any,
@@ -16,6 +15,8 @@ from test_primitives_base import (
 )
 
 from primitives import Momentum
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 betas = st.floats(0.0, 0.99)
 

@@ -10,7 +10,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_primitives_base import (
     assert_refused,
-    one_thread,  # noqa: F401 (autouse fixture)
     randn,
     seeds,
     shapes_2d,
@@ -19,6 +18,8 @@ from test_primitives_base import (
 )
 
 from primitives import ClipRMS, Normalize
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 targets = st.floats(0.01, 100.0)
 scales = st.floats(1e-3, 1e3)

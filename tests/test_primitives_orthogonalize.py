@@ -8,7 +8,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_primitives_base import (
     assert_refused,
-    one_thread,  # noqa: F401 (autouse fixture)
     seeds,
     updates,
 )
@@ -17,6 +16,8 @@ from torch.optim._muon import _zeropower_via_newtonschulz
 from optispace import Optimizer
 from primitives import Orthogonalize
 from primitives.orthogonalize import MUON_COEFFICIENTS
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 dims = st.integers(2, 8)
 

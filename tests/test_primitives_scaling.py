@@ -9,7 +9,6 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from test_primitives_base import (
-    one_thread,  # noqa: F401 (autouse fixture)
     randn,
     seeds,
     shapes_2d,
@@ -17,6 +16,8 @@ from test_primitives_base import (
 )
 
 from primitives import RelativeStep, ShapeScale
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @given(shapes_2d, seeds)

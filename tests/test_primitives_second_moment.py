@@ -8,7 +8,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_primitives_base import (
     assert_refused,
-    one_thread,  # noqa: F401 (autouse fixture)
     randn,
     seeds,
     shapes_2d,
@@ -18,6 +17,8 @@ from test_primitives_base import (
 
 from primitives import SecondMoment
 from primitives.second_moment import SHAPES
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 powers_of_two = st.integers(-12, 12).map(lambda k: 2.0**k)
 beta2s = st.floats(0.5, 0.999)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from test_primitives_base import (
-    one_thread,  # noqa: F401 (autouse fixture)
     randn,
     seeds,
     shapes_any,
     updates,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 powers_of_two = st.integers(-20, 20).map(lambda k: 2.0**k)
 

@@ -5,7 +5,7 @@ trained for 50 steps on Zipf-distributed token ids (so most table rows get no gr
 by the recipe and, from the same weights on the same batches, by its reference; the parameters
 must agree to 1e-6 relative in fp32 (torch.optim.Muon runs Newton-Schulz in bf16: matched to 1e-6
 over 5 steps, and within bf16's compounding over 50). Ember's reference is written out here from
-the formulas in ARCHITECTURE.md.
+the formulas of the Token Geometry paper (arXiv 2607.01455).
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lion_pytorch import Lion
-from test_primitives_base import one_thread  # noqa: F401 (autouse fixture)
 from torch import nn
 
 from optispace import RECIPES, Optimizer
 from optispace.roles import assign_roles
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 VOCAB, DIM, SEQ, BATCH, STEPS = 96, 16, 12, 4, 50
 
@@ -110,7 +111,7 @@ class Combined:
 
 
 class EmberReference:
-    """Ember as ARCHITECTURE.md states it, on the token tables; torch AdamW on everything else.
+    """Ember as the Token Geometry paper states it, on the token tables; torch AdamW on everything else.
 
     r, c, s: EMAs (beta2) of the row means, column means and global mean of g^2, each bias-corrected;
     v = r[i] c[j] / s; p *= 1 - lr wd; p -= lr g / (sqrt(v) + eps).

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from optispace.report import analyses, frames
-from optispace.report.synthetic import KNOWN_TOLERANCE, known_trial
+from optispace.report.synthetic import KNOWN_TOLERANCE, known_trial, make_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -203,21 +203,15 @@ losses = st.lists(st.floats(3.0, 4.0), min_size=3, max_size=3)
 
 @given(st.lists(losses, min_size=1, max_size=6), st.floats(0.0, 0.5), st.floats(0.0, 0.5))
 def test_sufficiency_is_the_paired_difference_within_the_tolerance(per_structure, tol_a, tol_b):
-    made = [
-        known_trial("adam", 3e-3)
-        for _ in per_structure  # a template trial per structure, renamed and given its losses below
-    ]
-    for i, (trial, seed_losses) in enumerate(zip(made, per_structure, strict=True)):
-        trial.user_attrs.update(structure=f"s{i}", seed_losses=seed_losses)
-        trial.values = [sum(seed_losses) / 3, trial.values[1]]
+    made = [make_trial({"embed": f"s{i}"}, losses, seeds=(0, 1, 2)) for i, losses in enumerate(per_structure)]
     structs = analyses.structures(frames.trials_frame(made))
     low, high = sorted((tol_a, tol_b))
     strict, loose = analyses.sufficiency(structs, low), analyses.sufficiency(structs, high)
     assert strict["sufficient"][0]  # the best structure always suffices
     assert set(strict.filter("sufficient")["structure"]) <= set(loose.filter("sufficient")["structure"])
-    best = per_structure[int(strict["structure"][0][1:])]
+    best = per_structure[int(strict["structure"][0].removeprefix("embed: s"))]
     for row in strict.iter_rows(named=True):
-        mine = per_structure[int(row["structure"][1:])]
+        mine = per_structure[int(row["structure"].removeprefix("embed: s"))]
         paired = sum(a - b for a, b in zip(mine, best, strict=True)) / 3
         assert row["difference"] == pytest.approx(paired, abs=1e-12)
         assert row["sufficient"] == (row["difference"] <= low)

@@ -6,9 +6,8 @@ import optuna
 import polars as pl
 import pytest
 
-from optispace.report import figures
+from optispace.report import build_report, figures
 from optispace.report.synthetic import known_study
-from optispace.report.write import build_report
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -75,15 +75,6 @@ def test_study_info_reads_the_search_attributes(study):
     assert info.objectives == ("val_loss", "state_bytes") and info.directions == ("minimize", "minimize")
 
 
-def test_roles_sort_in_the_canonical_order_then_by_name():
-    assert sorted(["vector", "custom", "head", "embed"], key=frames.role_sort_key) == [
-        "embed",
-        "head",
-        "vector",
-        "custom",
-    ]
-
-
 def test_a_trial_with_no_attributes_still_gets_a_row():
     running = optuna.trial.create_trial(state=TrialState.RUNNING)
     frame = frames.trials_frame([known_trial("adam", 3e-3), running])

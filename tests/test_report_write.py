@@ -7,8 +7,8 @@ import polars as pl
 import pytest
 from optuna.trial import TrialState
 
+from optispace.report import build_report, write_report
 from optispace.report.synthetic import known_study, known_trial
-from optispace.report.write import build_report, write_report
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -64,7 +64,7 @@ def test_each_trial_records_its_probe_value_and_results(study: optuna.Study) -> 
 def test_the_report_carries_probe_values_per_trial_and_per_structure(
     study: optuna.Study, tmp_path: Path
 ) -> None:
-    from optispace.report.write import build_report, write_report
+    from optispace.report import build_report, write_report
 
     report = build_report(study)
     write_report(report, tmp_path)

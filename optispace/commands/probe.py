@@ -10,6 +10,7 @@ import argparse
 import shlex
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from optispace.errors import UserError
@@ -75,10 +76,45 @@ def _stored_runs(report, out: Path) -> tuple[str, list[dict]]:
     if not (isinstance(header, str) and isinstance(runs, list) and all(isinstance(r, dict) for r in runs)):
         raise UserError(f"--rebuild: {path} does not hold a header and a list of runs; run without --rebuild")
     return header, runs
+def run_comparison(
+    recipes: Sequence[str],
+    proxy: str,
+    seeds: Sequence[int],
+    probes: Sequence[str],
+    *,
+    tokens: int | None = None,
+    data: str | None = None,
+    device: str = "auto",
+    on_run: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Train every recipe on every seed with fresh ``probes`` attached; one run dict each, in order.
+
+    ``tokens=None`` is the tier's default budget; ``on_run`` sees each run as it finishes.
+    """
+    from optispace.probes import build
+    from optispace.proxies import TrainConfig, train
+
+    runs = []
+    for recipe in recipes:
+        for seed in seeds:
+            cfg = TrainConfig(recipe=recipe, proxy=proxy, tokens=tokens, seed=seed, device=device, data=data)
+            record = train(cfg, callbacks=build(probes), progress=True)
+            run = {
+                "recipe": recipe,
+                "seed": seed,
+                "final_val_loss": record.final_val_loss,
+                "diverged": record.diverged,
+                "tokens_per_s": record.tokens_per_s,
+                "probes": record.probes,
+            }
+            runs.append(run)
+            if on_run is not None:
+                on_run(run)
+    return runs
 
 
 def run(args: argparse.Namespace) -> int:
-    from optispace.probes import compare, report
+    from optispace.report import probe_report as report
 
     if args.rebuild:
         if not (args.out / report.RUNS_FILE).is_file():
@@ -98,15 +134,14 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
 
-        runs = compare.run_comparison(
+        runs = run_comparison(
             recipes,
             args.proxy,
             range(args.seeds),
+            probes,
             tokens=args.tokens,
-            probes=probes,
             data=args.data,
             device=args.device,
-            progress=True,
             on_run=on_run,
         )
         minutes = (time.perf_counter() - started) / 60
@@ -114,6 +149,6 @@ def run(args: argparse.Namespace) -> int:
             f"# Token geometry: {', '.join(recipes)} on the {args.proxy} proxy\n\n"
             f"Made by `{_command(args)}` in {minutes:.1f} min ({len(runs)} runs).\n"
         )
-    path = report.write_report(runs, args.out, header)
+    path = report.write_probe_report(runs, args.out, header)
     print(f"wrote {path}")
     return 0

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     import optuna
 
     from optispace.errors import UserError
-    from optispace.report.write import build_report, write_report
+    from optispace.report import build_report, write_report
     from optispace.search.storage import default_url
 
     if args.tolerance is not None and not (math.isfinite(args.tolerance) and args.tolerance > 0):

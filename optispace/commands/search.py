@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from optispace.search.run import run_search
     from optispace.search.spec import parse_search, study_name_problem
     from optispace.search.storage import check_url, default_url
+    from optispace.trial import read
 
     for flag, value, low in (
         ("--n-trials", args.n_trials, 1),
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"study {summary.name!r} in {url}: {summary.counts.finished} finished trials ({states})")
     if summary.best is not None:
         best = summary.best
-        print(f"best value {best.values[0]:.4f} (trial {best.number}): {best.user_attrs.get('structure')}")
+        print(f"best value {best.values[0]:.4f} (trial {best.number}): {read(best).structure}")
     print(
         f"next: optispace report --study {summary.name}"
         + ("" if args.storage is None else f" --storage {url}"),

@@ -41,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from optispace.probes import build
     from optispace.proxies import TIERS, TrainConfig, train
     from optispace.structure import recipe_argument
 
@@ -54,15 +55,18 @@ def run(args: argparse.Namespace) -> int:
     # A study's settings, then what the command line gives; an explicit --lr replaces a trial's lrs.
     settings = recipe.settings | {k: v for k, v in given.items() if v is not None}
     role_lr = recipe.role_lr if args.lr is None else {}
-    probes = tuple(name for name in args.probes.split(",") if name)
-    cfg = TrainConfig(recipe=recipe.recipe, role_lr=role_lr, probes=probes, **settings)
+    try:
+        probes = build([name for name in args.probes.split(",") if name])
+    except ValueError as e:
+        raise UserError(f"--probes: {e}") from None
+    cfg = TrainConfig(recipe=recipe.recipe, role_lr=role_lr, **settings)
     if args.steps is not None:
         cfg = dataclasses.replace(cfg, tokens=args.steps * TIERS[cfg.proxy].tokens_per_step)
     if recipe.role_lr:
         print(f"training the chains and lrs of {recipe.source}"
               + (", with its study's settings where the command line gives none" if recipe.settings else ""),
               file=sys.stderr)
-    record = train(cfg, callbacks=trackers(args), checkpoint=args.checkpoint, resume=args.resume)
+    record = train(cfg, callbacks=[*probes, *trackers(args)], checkpoint=args.checkpoint, resume=args.resume)
     if args.out is not None:
         args.out.write_text(record.to_json() + "\n")
     print(summary(record))

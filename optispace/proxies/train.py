@@ -57,10 +57,8 @@ class TrainConfig:
     eval_batches: int = 8
     compile: bool = False
     cache_dir: str | Path | None = None
-    probes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "probes", tuple(self.probes))
         checks = [
             (self.proxy in TIERS, "proxy", self.proxy, f"one of {', '.join(TIERS)}"),
             (self.tokens is None or self.tokens > 0, "tokens", self.tokens, "a positive token budget"),
@@ -151,7 +149,7 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, int, float], None] | None = 
     ``checkpoint``: a file rewritten at each evaluation; ``resume``: such a file to continue from."""
     tier = TIERS[cfg.proxy]
     device = resolve_device(cfg.device)
-    callbacks = [*callbacks, *_probe_callbacks(cfg.probes)]
+    callbacks = list(callbacks)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls
     torch.manual_seed(cfg.seed)
@@ -323,17 +321,6 @@ def _load_checkpoint(path: Path, model: GPT, optimizer: Optimizer,
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     record.curve = list(state["curve"])
     return state["step"], state["elapsed_s"]
-
-
-def _probe_callbacks(names: tuple[str, ...]) -> list:
-    if not names:
-        return []
-    from optispace.probes import build
-
-    try:
-        return list(build(names))
-    except ValueError as e:
-        raise UserError(f"probes: {e}") from None
 
 
 def _notify_start(callbacks: list, model: GPT, optimizer: Optimizer, data: TokenData) -> None:

@@ -25,7 +25,8 @@ import polars as pl
 from optuna.importance import PedAnovaImportanceEvaluator
 from optuna.trial import TrialState
 
-from optispace.report.frames import PARAM_PREFIX, PROBE_PREFIX, probe_names, role_sort_key
+from optispace.report.frames import PARAM_PREFIX, PROBE_PREFIX, probe_names
+from optispace.trial import role_sort_key
 
 # PED-ANOVA compares the top quantile of trials with the rest; below this many finished trials
 # the top quantile holds too few trials for the comparison to mean anything.

@@ -1,13 +1,14 @@
 """Trials of a study as polars frames, read straight from Optuna's FrozenTrials (no pandas).
 
-The user attributes follow the "Trials (search -> report)" section of docs/DESIGN.md. Every
-column is nullable: a running trial has few attributes, a crashed one may lack most of them, and
-a parameter sampled only under some choices (a conditional parameter) is null where inactive.
-Column types come from a schema built over all trials, never from the first one, so a
-parameter or attribute that first appears late is kept.
+Every column besides Optuna's own comes from the trial's ``optispace.trial.TrialRecord`` (whose
+docstring says what a search stores). Every column is nullable: a running trial has few
+attributes, a crashed one may lack most of them, and a parameter sampled only under some choices
+(a conditional parameter) is null where inactive. Column types come from a schema built over all
+trials, never from the first one, so a parameter or attribute that first appears late is kept.
 
-- ``trials_frame``: one row per trial, sorted by trial number; ``probe.<name>`` columns (and
-  ``probes``, their results as JSON) only when some trial recorded probes.
+- ``trials_frame``: one row per trial, sorted by trial number; ``regime``, ``scale.<axis>`` and
+  ``probe.<name>`` columns (and ``probes``, the probes' results as JSON) only when some trial
+  recorded them.
 - ``curves_frame``: one row per evaluation (trial, step, tokens, val loss).
 - ``params_frame``: one row per sampled parameter: its role, family and distribution.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 import optuna
@@ -28,67 +30,64 @@ import polars as pl
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from optispace.roles import ROLES
+from optispace.trial import TrialRecord, read, role_sort_key
 
 PARAM_PREFIX = "param."
 PROBE_PREFIX = "probe."
 
-# Per-role attribute families: user attr "<family>.<role>" -> column "<family>.<role>".
-_ROLE_ATTRS: dict[str, pl.DataType] = {
-    "chain": pl.String(),
-    "lr": pl.Float64(),
-    "state_bytes": pl.Int64(),
+# Per-role columns "<family>.<role>": the record's RoleRun field and the column type.
+_ROLE_COLUMNS: dict[str, tuple[str, pl.DataType]] = {
+    "chain": ("label", pl.String()),
+    "lr": ("lr", pl.Float64()),
+    "state_bytes": ("state_bytes", pl.Int64()),
 }
 
-# Scalar attributes and their column type.
-_SCALAR_ATTRS: dict[str, pl.DataType] = {
+# Columns straight from a record field of the same name, and their type.
+_HEAD_COLUMNS: dict[str, pl.DataType] = {
     "structure": pl.String(),
     "failure": pl.String(),
     "failure_step": pl.Int64(),
-    "state_bytes": pl.Int64(),
+}
+_RUN_COLUMNS: dict[str, pl.DataType] = {
+    "seeds": pl.List(pl.Int64),
+    "seed_losses": pl.List(pl.Float64),
     "tokens_per_s": pl.Float64(),
     "wall_time_s": pl.Float64(),
     "tokens_per_step": pl.Int64(),
     "device": pl.String(),
     "corpus_fingerprint": pl.String(),
-    "worker": pl.String(),
+    "worker": pl.Int64(),
 }
 
 
-def role_sort_key(role: str) -> tuple[int, str]:
-    """Sort key putting ``optispace.roles.ROLES`` first, in their order, then any other role by name."""
-    return (ROLES.index(role), "") if role in ROLES else (len(ROLES), role)
-
-
-def trial_roles(trials: Iterable[FrozenTrial]) -> list[str]:
-    """The roles any trial names in a ``chain.<role>``, ``lr.<role>`` or ``state_bytes.<role>`` attr."""
-    roles = {
-        key.split(".", 1)[1]
-        for t in trials
-        for key in t.user_attrs
-        if "." in key and key.split(".", 1)[0] in _ROLE_ATTRS
-    }
-    return sorted(roles, key=role_sort_key)
+def trial_roles(records: Iterable[TrialRecord]) -> list[str]:
+    """The roles any record names, in the canonical role order."""
+    return sorted({role for r in records for role in r.roles}, key=role_sort_key)
 
 
 def trials_frame(trials: Sequence[FrozenTrial]) -> pl.DataFrame:
     """One row per trial: state, failure, chains, lrs, parameters, objectives, costs, seeds.
 
-    ``val_loss`` is ``values[0]`` of a COMPLETE trial that did not diverge; a diverged trial keeps
-    its penalty in ``values`` and has ``diverged`` true and ``val_loss`` null, and a pruned one
-    keeps the last intermediate value Optuna stores in ``values``.
+    Every column but Optuna's own (state, values, params) comes from the trial's
+    ``optispace.trial.TrialRecord``. ``val_loss`` is ``values[0]`` of a COMPLETE trial that did not
+    diverge; a diverged trial keeps its penalty in ``values`` and has ``diverged`` true and
+    ``val_loss`` null, and a pruned one keeps the last intermediate value Optuna stores in ``values``.
     """
     trials = sorted(trials, key=lambda t: t.number)
-    roles = trial_roles(trials)
-    attr = _attr_reader(trials)
+    records = [read(t) for t in trials]
+    roles = trial_roles(records)
+
+    def column(name: str, dtype: pl.DataType, get: Callable[[TrialRecord], Any]) -> pl.Series:
+        return pl.Series(name, [get(r) for r in records], dtype=dtype, strict=False)
+
     columns: dict[str, pl.Series] = {
         "number": pl.Series([t.number for t in trials], dtype=pl.Int64),
         "state": pl.Series([t.state.name for t in trials], dtype=pl.String),
     }
-    for name in ("structure", "failure", "failure_step"):
-        columns[name] = attr(name, _SCALAR_ATTRS[name])
+    for name, dtype in _HEAD_COLUMNS.items():
+        columns[name] = column(name, dtype, attrgetter(name))
     complete = [t.state == TrialState.COMPLETE for t in trials]
-    diverged = [c and t.user_attrs.get("failure") is not None for c, t in zip(complete, trials, strict=True)]
+    diverged = [c and r.failure is not None for c, r in zip(complete, records, strict=True)]
     columns["diverged"] = pl.Series(diverged, dtype=pl.Boolean)
     values = [list(t.values) if t.values is not None else None for t in trials]
     columns["values"] = pl.Series(values, dtype=pl.List(pl.Float64))
@@ -98,16 +97,18 @@ def trials_frame(trials: Sequence[FrozenTrial]) -> pl.DataFrame:
     columns["val_loss"] = pl.Series(loss, dtype=pl.Float64)
     for family in ("chain", "lr"):
         for role in roles:
-            columns[f"{family}.{role}"] = attr(f"{family}.{role}", _ROLE_ATTRS[family])
-    columns["state_bytes"] = attr("state_bytes", _SCALAR_ATTRS["state_bytes"])
+            columns[f"{family}.{role}"] = _role_column(records, family, role)
+    columns["state_bytes"] = column("state_bytes", pl.Int64(), attrgetter("state_bytes"))
     for role in roles:
-        columns[f"state_bytes.{role}"] = attr(f"state_bytes.{role}", _ROLE_ATTRS["state_bytes"])
-    columns["seeds"] = attr("seeds", pl.List(pl.Int64))
-    columns["seed_losses"] = attr("seed_losses", pl.List(pl.Float64))
-    for name in ("tokens_per_s", "wall_time_s", "tokens_per_step", "device", "corpus_fingerprint", "worker"):
-        columns[name] = attr(name, _SCALAR_ATTRS[name])
-    columns["hp"] = pl.Series([_json_or_none(t.user_attrs.get("hp")) for t in trials], dtype=pl.String)
-    columns.update(_probe_columns(trials, attr))
+        columns[f"state_bytes.{role}"] = _role_column(records, "state_bytes", role)
+    for name, dtype in _RUN_COLUMNS.items():
+        columns[name] = column(name, dtype, attrgetter(name))
+    columns["hp"] = column("hp", pl.String(), lambda r: _json_or_none(r.hp))
+    if any(r.regime is not None for r in records):
+        columns["regime"] = column("regime", pl.String(), attrgetter("regime"))
+    for axis in sorted({axis for r in records for axis in r.scale}):
+        columns[f"scale.{axis}"] = column(f"scale.{axis}", pl.Float64(), lambda r, a=axis: r.scale.get(a))
+    columns.update(_probe_columns(records))
     columns.update(_param_columns(trials))
     return pl.DataFrame(columns)
 
@@ -121,8 +122,9 @@ def curves_frame(trials: Sequence[FrozenTrial]) -> pl.DataFrame:
     """
     number, step, tokens, loss = [], [], [], []
     for t in trials:
-        per_step = t.user_attrs.get("tokens_per_step")
-        points = t.intermediate_values.items() or [tuple(p) for p in t.user_attrs.get("curve") or ()]
+        record = read(t)
+        per_step = record.tokens_per_step
+        points = t.intermediate_values.items() or record.curve or ()
         for s, v in points:
             number.append(t.number)
             step.append(s)
@@ -216,24 +218,24 @@ def probe_names(columns: Iterable[str]) -> list[str]:
     return sorted(c.removeprefix(PROBE_PREFIX) for c in columns if c.startswith(PROBE_PREFIX))
 
 
-def _probe_columns(
-    trials: Sequence[FrozenTrial], attr: Callable[[str, pl.DataType], pl.Series]
-) -> dict[str, pl.Series]:
+def _probe_columns(records: Sequence[TrialRecord]) -> dict[str, pl.Series]:
     """``probe.<name>`` (Float64) for every probe any trial recorded, then ``probes`` (JSON text)."""
-    names = probe_names({key for t in trials for key in t.user_attrs})
+    names = sorted({name for r in records for name in r.probe_values})
     if not names:
         return {}
-    columns = {PROBE_PREFIX + name: attr(PROBE_PREFIX + name, pl.Float64()) for name in names}
-    results = [_json_or_none(t.user_attrs.get("probes")) for t in trials]
-    columns["probes"] = pl.Series(results, dtype=pl.String)
+    columns = {
+        PROBE_PREFIX + name: pl.Series([r.probe_values.get(name) for r in records], dtype=pl.Float64)
+        for name in names
+    }
+    columns["probes"] = pl.Series([_json_or_none(r.probes) for r in records], dtype=pl.String)
     return columns
 
 
-def _attr_reader(trials: Sequence[FrozenTrial]) -> Callable[[str, pl.DataType], pl.Series]:
-    def read(key: str, dtype: pl.DataType) -> pl.Series:
-        return pl.Series(key, [t.user_attrs.get(key) for t in trials], dtype=dtype, strict=False)
-
-    return read
+def _role_column(records: Sequence[TrialRecord], family: str, role: str) -> pl.Series:
+    """Column ``<family>.<role>``: that field of each record's run of ``role`` (null where absent)."""
+    field, dtype = _ROLE_COLUMNS[family]
+    values = [getattr(r.roles[role], field) if role in r.roles else None for r in records]
+    return pl.Series(f"{family}.{role}", values, dtype=dtype, strict=False)
 
 
 def _json_or_none(value: Any) -> str | None:

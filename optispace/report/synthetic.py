@@ -1,8 +1,8 @@
-"""Trials in the DESIGN.md "Trials (search -> report)" format, made without training anything.
+"""Trials as a search stores them (``optispace.trial.TrialRecord``), made without training anything.
 
 ``make_trial`` builds one FrozenTrial exactly as a search stores it, so reports can be tested on
 studies whose answer is known; ``random_study`` fills a study with many such trials for the
-report benchmark. Both follow the contract only: they import nothing from ``optispace.search``.
+report benchmark. Both follow the record only: they import nothing from ``optispace.search``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
+
+from optispace.trial import RoleRun, TrialRecord, attributes
 
 LR_RANGE = (1e-4, 1.0)
 
@@ -49,35 +51,31 @@ def make_trial(
     for role, lr in lrs.items():
         params[f"{role}.lr"] = lr
         dists[f"{role}.lr"] = FloatDistribution(*LR_RANGE, log=True)
-    attrs = {f"chain.{r}": text for r, text in chains.items()}
-    attrs["structure"] = " | ".join(f"{r}: {text}" for r, text in chains.items())
-    attrs.update({f"lr.{r}": lr for r, lr in lrs.items()})
-    attrs.update({f"state_bytes.{r}": b for r, b in state_bytes.items()})
-    attrs.update(
-        hp={f"{r}.lr": lr for r, lr in lrs.items()},
-        seeds=list(seeds),
-        seed_losses=list(seed_losses),
-        state_bytes=sum(state_bytes.values()),
+    record = TrialRecord(
+        roles={r: RoleRun(text, text, lrs.get(r), state_bytes.get(r)) for r, text in chains.items()},
+        hp={},
+        seeds=tuple(seeds),
+        seed_losses=tuple(seed_losses),
         tokens_per_s=1000.0,
         wall_time_s=2.0,
+        tokens_per_step=tokens_per_step,
         device="cpu",
         corpus_fingerprint="c0ffee",
-        tokens_per_step=tokens_per_step,
-        worker="test:0",
+        worker=0,
+        failure=failure,
+        failure_step=failure_step if failure is not None else None,
     )
-    if failure is not None:
-        attrs.update(failure=failure, failure_step=failure_step)
     values = None
     if state == TrialState.COMPLETE:
         finished = [x for x in seed_losses if x is not None]
         loss = penalty if failure is not None else sum(finished) / len(finished)
-        values = [loss, float(attrs["state_bytes"])] if pareto else [loss]
+        values = [loss, float(record.state_bytes or 0)] if pareto else [loss]
     return optuna.trial.create_trial(
         state=state,
         values=values,
         params=params,
         distributions=dists,
-        user_attrs=attrs,
+        user_attrs=attributes(record),
         intermediate_values=dict(curve or {}),
     )
 

@@ -10,7 +10,8 @@ so their curves are not reported again at the same steps.
 
 When the search file asks for probes, they watch the first seed, and its results are recorded: each
 probe's summary ``value`` as ``probe.<name>``, and the results themselves, without their per-step
-``series`` (it grows with the run), as ``probes`` (see :func:`probe_summaries`).
+``series`` (it grows with the run), as ``probes`` (see :func:`probe_summaries`). Everything a trial
+records goes through ``optispace.trial.write``, the one writer of the trial record.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import optuna
 
 from optispace.search.space import Configuration, sample
 from optispace.search.spec import SearchSpec
+from optispace.trial import RoleRun, TrialRecord, write
 
 OnEval = Callable[[int, int, float], None]
 
@@ -43,21 +45,26 @@ class Record(Protocol):
     probes: dict[str, dict[str, Any]]
 
 
-#: ``trainer(TrainConfig keyword arguments, on_eval) -> record``: the seam tests replace.
+#: ``trainer(run settings, on_eval) -> record``: the seam tests replace (see :func:`train_config`).
 Trainer = Callable[[dict[str, Any], OnEval], Record]
 
 
 def proxy_trainer(config: dict[str, Any], on_eval: OnEval) -> Record:
-    """Train with ``optispace.proxies.train`` (no progress bar: the study shows one over trials)."""
+    """Train with ``optispace.proxies.train``, the named probes built as its callbacks (no progress
+    bar: the study shows one over trials)."""
+    from optispace.probes import build
     from optispace.proxies import TrainConfig, train
 
-    return train(TrainConfig(**config), on_eval=on_eval, progress=False)
+    settings = dict(config)
+    probes = build(settings.pop("probes"))
+    return train(TrainConfig(**settings), on_eval=on_eval, callbacks=probes, progress=False)
 
 
 def train_config(spec: SearchSpec, configuration: Configuration, seed: int) -> dict[str, Any]:
-    """The ``TrainConfig`` keyword arguments of one seed of a configuration.
+    """The settings of one seed of a configuration: ``TrainConfig`` keyword arguments and ``probes``.
 
-    Probes ride on the first seed only: a trial records only that seed's (the seeds are distinct).
+    ``probes`` (names) ride on the first seed only: a trial records only that seed's (the seeds are
+    distinct).
     """
     proxy = spec.proxy
     return {
@@ -141,23 +148,19 @@ class Objective:
                 raise
             except BaseException as e:
                 # Recorded before the trial is told FAIL; the exception still ends the trial.
-                trial.set_user_attr("failure", f"{_describe(e)} (seed {seed})")
-                trial.set_user_attr("failure_step", last_step[0])
+                write(trial, TrialRecord(failure=f"{_describe(e)} (seed {seed})", failure_step=last_step[0]))
                 raise
             records.append(record)
             if record.diverged:
-                trial.set_user_attr("failure", f"diverged: {record.diverged} (seed {seed})")
-                trial.set_user_attr("failure_step", record.diverged_step)
+                failure = f"diverged: {record.diverged} (seed {seed})"
+                write(trial, TrialRecord(failure=failure, failure_step=record.diverged_step))
                 break
         return self._values(trial, records)
 
     def _values(self, trial: optuna.Trial, records: list[Record]) -> list[float]:
         losses = [r.final_val_loss if not r.diverged else None for r in records]
         losses += [None] * (len(self.spec.seeds) - len(losses))
-        _record_run(trial, records, losses)
-        if self.spec.proxy.probes:
-            _record_probes(trial, records[0])
-        trial.set_user_attr("tokens_per_step", tokens_per_step(self.spec))
+        write(trial, _run_record(records, losses, tokens_per_step(self.spec), bool(self.spec.proxy.probes)))
         state_bytes = sum(records[0].state_bytes.values())
         diverged = any(loss is None for loss in losses)
         value = self.spec.penalty if diverged else math.fsum(losses) / len(losses)
@@ -176,15 +179,15 @@ class _Reporter:
     last_step: list[int]
     first: bool
     pareto: bool
-    curve: list[list[float]] = field(default_factory=list)
+    curve: list[tuple[int, float]] = field(default_factory=list)
 
     def __call__(self, step: int, tokens: int, val_loss: float) -> None:
         self.last_step[0] = step
         if not self.first or not math.isfinite(val_loss):
             return
         if self.pareto:
-            self.curve.append([step, val_loss])
-            self.trial.set_user_attr("curve", self.curve)
+            self.curve.append((step, val_loss))
+            write(self.trial, TrialRecord(curve=tuple(self.curve)))
             return
         self.trial.report(val_loss, step)
         if self.trial.should_prune():
@@ -199,30 +202,29 @@ def _describe(error: BaseException) -> str:
 
 
 def _record_configuration(trial: optuna.Trial, configuration: Configuration, spec: SearchSpec) -> None:
-    for role, draw in configuration.draws.items():
-        trial.set_user_attr(f"chain.{role}", draw.structure)
-        trial.set_user_attr(f"lr.{role}", draw.lr)
-        trial.set_user_attr(f"trained_chain.{role}", draw.trained)
-    trial.set_user_attr("structure", configuration.structure)
-    trial.set_user_attr("hp", configuration.hp)
-    trial.set_user_attr("seeds", list(spec.seeds))
+    roles = {
+        role: RoleRun(trained=draw.trained, label=draw.structure, lr=draw.lr)
+        for role, draw in configuration.draws.items()
+    }
+    write(trial, TrialRecord(roles=roles, hp=configuration.hp, seeds=tuple(spec.seeds)))
 
 
-def _record_run(trial: optuna.Trial, records: list[Record], losses: list[float | None]) -> None:
+def _run_record(
+    records: list[Record], losses: list[float | None], per_step: int, probes: bool
+) -> TrialRecord:
+    """What the seeds' runs give a trial; the probes' results (``probe_summaries``) are the first seed's."""
     first = records[0]
-    trial.set_user_attr("seed_losses", losses)
-    trial.set_user_attr("state_bytes", sum(first.state_bytes.values()))
-    for role, nbytes in first.state_bytes.items():
-        trial.set_user_attr(f"state_bytes.{role}", nbytes)
-    trial.set_user_attr("tokens_per_s", math.fsum(r.tokens_per_s for r in records) / len(records))
-    trial.set_user_attr("wall_time_s", math.fsum(r.wall_time_s for r in records))
-    trial.set_user_attr("device", first.device)
-    trial.set_user_attr("corpus_fingerprint", first.corpus.get("fingerprint"))
-
-
-def _record_probes(trial: optuna.Trial, first: Record) -> None:
-    """``probe.<name>``: each probe's summary value on the first seed; ``probes``: its results."""
-    for name, result in first.probes.items():
-        value = result.get("value")
-        trial.set_user_attr(f"probe.{name}", None if value is None else float(value))
-    trial.set_user_attr("probes", probe_summaries(first.probes))
+    return TrialRecord(
+        roles={role: RoleRun(state_bytes=nbytes) for role, nbytes in first.state_bytes.items()},
+        seed_losses=tuple(losses),
+        tokens_per_s=math.fsum(r.tokens_per_s for r in records) / len(records),
+        wall_time_s=math.fsum(r.wall_time_s for r in records),
+        tokens_per_step=per_step,
+        device=first.device,
+        corpus_fingerprint=first.corpus.get("fingerprint"),
+        probe_values={
+            name: None if result.get("value") is None else float(result["value"])
+            for name, result in first.probes.items()
+        },
+        probes=probe_summaries(first.probes) if probes else None,
+    )

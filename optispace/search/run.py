@@ -40,6 +40,7 @@ from optispace.search.space import grid_size
 from optispace.search.spec import SearchSpec
 from optispace.search.storage import StorageUnavailable, open_storage
 from optispace.search.study import open_study
+from optispace.trial import TrialRecord, write
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 LIVE = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
@@ -89,9 +90,9 @@ def next_trial(
             trial = study.ask()
             key = trial_id(storage, study, trial.number)
             claim(storage, key)
-            trial.set_user_attr("worker", rank)
+            write(trial, TrialRecord(worker=rank))
             if _surplus(study, trial, n_trials):
-                trial.set_user_attr("failure", "surplus: the study already had enough trials")
+                write(trial, TrialRecord(failure="surplus: the study already had enough trials"))
                 _tell(study, trial, TrialState.FAIL)
                 return storage.get_trial(key)
         state, values = _run(storage, key, trial, objective)
@@ -118,7 +119,7 @@ def _run(
         raise  # not the configuration's fault: the trial stays RUNNING, to be retried as stale
     except Exception as e:
         if "failure" not in trial.user_attrs:
-            trial.set_user_attr("failure", f"crashed: {type(e).__name__}: {e}")
+            write(trial, TrialRecord(failure=f"crashed: {type(e).__name__}: {e}"))
         return TrialState.FAIL, None
 
 
@@ -130,7 +131,7 @@ def _record_interrupt(
     if storage.get_trial(key).state != TrialState.RUNNING:
         return  # told already, or failed as stale by another worker
     if "failure" not in trial.user_attrs:
-        trial.set_user_attr("failure", f"interrupted: {error or 'SIGINT'}")
+        write(trial, TrialRecord(failure=f"interrupted: {error or 'SIGINT'}"))
     if _tell(study, trial, TrialState.FAIL):  # else the worker that failed it queued it again
         RetryConfiguration()(study, storage.get_trial(key))
 

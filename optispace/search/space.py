@@ -18,11 +18,16 @@ import optuna
 from optispace.chain import Chain, parse_chain
 from optispace.search.families import FAMILIES, WEIGHT_DECAY, Choice, uses
 from optispace.search.spec import ROLES, Number, Range, RoleSpace, Values
+from optispace.trial import without_idle
 
 
 @dataclass(frozen=True)
 class Draw:
-    """One role's sample: the structure label, the chain trained, its lr and tuned numbers."""
+    """One role's sample: the structure label, the chain trained, its lr and tuned numbers.
+
+    The label is the chain trained with the tuned numbers at their defaults, primitive for
+    primitive; a primitive a tuned number turns off (a weight decay of 0) is in neither.
+    """
 
     structure: str
     trained: str
@@ -85,8 +90,10 @@ def _draw(trial: optuna.Trial, space: RoleSpace) -> Draw:
         wanted.add("weight_decay")
     lr = _suggest(trial, f"{role}.lr", space.numbers["lr"])
     numbers = {n: _suggest(trial, f"{role}.{n}", space.numbers[n]) for n in space.numbers if n in wanted}
-    structure = Chain(tuple(p for c in picked for p in c.primitives()))
-    trained = Chain(tuple(p for c in picked for p in c.with_numbers(numbers)))
+    structure, trained = without_idle(
+        Chain(tuple(p for c in picked for p in c.primitives())),
+        Chain(tuple(p for c in picked for p in c.with_numbers(numbers))),
+    )
     return Draw(str(structure), str(trained), lr, numbers)
 
 

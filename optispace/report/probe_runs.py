@@ -1,4 +1,4 @@
-"""Run recipes x seeds with the probes on, and turn what they recorded into polars frames.
+"""What the probes recorded on runs of recipes x seeds (``optispace probe``), as polars frames.
 
 A run here is ``{"recipe", "seed", "final_val_loss", "tokens_per_s", "probes"}`` with ``probes`` the
 run record's ``record.probes`` (JSON-ready dicts; see ``ray``, ``geometry``, ``outliers``). Frames are
@@ -8,62 +8,14 @@ range (min, max), since three seeds make a poor standard deviation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import polars as pl
 
 from optispace.probes.outliers import POPULATIONS
 from optispace.probes.ray import STATISTICS
 
-DEFAULT_PROBES = ("ray", "geometry", "outliers")
 _KEYS = ("recipe", "seed")
-
-
-def run_comparison(
-    recipes: Sequence[str],
-    proxy: str,
-    seeds: Sequence[int],
-    *,
-    tokens: int | None = None,
-    probes: Sequence[str] = DEFAULT_PROBES,
-    data: str | None = None,
-    cache_dir: str | None = None,
-    device: str = "auto",
-    progress: bool = False,
-    on_run: Callable[[dict], None] | None = None,
-) -> list[dict]:
-    """Train every recipe on every seed with ``probes`` attached; one run dict each, in order.
-
-    ``tokens=None`` is the tier's default budget; ``on_run`` sees each run as it finishes.
-    """
-    from optispace.proxies import TrainConfig, train
-
-    runs = []
-    for recipe in recipes:
-        for seed in seeds:
-            cfg = TrainConfig(
-                recipe=recipe,
-                proxy=proxy,
-                tokens=tokens,
-                seed=seed,
-                device=device,
-                data=data,
-                cache_dir=cache_dir,
-                probes=tuple(probes),
-            )
-            record = train(cfg, progress=progress)
-            run = {
-                "recipe": recipe,
-                "seed": seed,
-                "final_val_loss": record.final_val_loss,
-                "diverged": record.diverged,
-                "tokens_per_s": record.tokens_per_s,
-                "probes": record.probes,
-            }
-            runs.append(run)
-            if on_run is not None:
-                on_run(run)
-    return runs
 
 
 def runs_frame(runs: Sequence[dict]) -> pl.DataFrame:

@@ -2,7 +2,7 @@
 
 Built with the study reports' machinery (``optispace.report.tables.markdown_table``,
 ``optispace.report.figures.new_figure`` / ``save_png`` / ``COLORS``), so the same runs give the same
-bytes. ``write_report(runs, out, header)`` writes into ``out``:
+bytes. ``write_probe_report(runs, out, header)`` writes into ``out``:
 
 - ``README.md``: the runs, then one section per claim of the paper with its table and figure;
 - ``ray_fit.png``: median ray fit per frequency decade, each recipe beside its null (dashed);
@@ -21,8 +21,8 @@ from pathlib import Path
 import polars as pl
 from matplotlib.ticker import FuncFormatter
 
-from optispace.probes import compare
 from optispace.probes.tracking import bucket_order
+from optispace.report import probe_runs
 from optispace.report.figures import COLORS, new_figure, save_png
 from optispace.report.tables import markdown_table
 
@@ -108,27 +108,27 @@ def autocorrelation_figure(summary: pl.DataFrame, path: Path) -> Path:
     return save_png(fig, path)
 
 
-def write_report(runs: Sequence[dict], out: Path, header: str) -> Path:
+def write_probe_report(runs: Sequence[dict], out: Path, header: str) -> Path:
     """Write the report of ``runs`` into ``out`` (created if missing); ``header``: Markdown put first."""
     save_runs(out, header, runs)
     frames = {
-        "runs": compare.runs_frame(runs),
-        "ray": compare.ray_frame(runs),
-        "geometry": compare.geometry_frame(runs),
-        "outliers": compare.outlier_frame(runs),
+        "runs": probe_runs.runs_frame(runs),
+        "ray": probe_runs.ray_frame(runs),
+        "geometry": probe_runs.geometry_frame(runs),
+        "outliers": probe_runs.outlier_frame(runs),
     }
     for name, frame in frames.items():
         frame.write_parquet(out / f"{name}.parquet")
-    ray = compare.ray_summary(frames["ray"])
-    geometry = compare.geometry_summary(runs)
-    outliers = compare.outlier_summary(runs)
+    ray = probe_runs.ray_summary(frames["ray"])
+    geometry = probe_runs.geometry_summary(runs)
+    outliers = probe_runs.outlier_summary(runs)
     sections = [header.rstrip() + "\n", _runs_section(frames["runs"])]
     if not ray.is_empty():
         ray_figure(ray, out / "ray_fit.png")
         sections.append(_ray_section(ray))
     if not outliers.is_empty():
         outlier_figure(frames["outliers"], out / "outlier_ratio.png")
-        sections.append(_outlier_section(outliers, compare.outlier_rows(frames["outliers"])))
+        sections.append(_outlier_section(outliers, probe_runs.outlier_rows(frames["outliers"])))
     if not geometry.is_empty():
         autocorrelation_figure(geometry, out / "autocorrelation.png")
         sections.append(_geometry_section(geometry))
@@ -145,7 +145,7 @@ def save_runs(out: Path, header: str, runs: Sequence[dict]) -> None:
 
 
 def read_runs(out: Path) -> tuple[str, list[dict]]:
-    """The header and the runs a previous ``write_report`` stored in ``out``."""
+    """The header and the runs a previous ``write_probe_report`` stored in ``out``."""
     stored = json.loads((out / RUNS_FILE).read_text())
     return stored["header"], stored["runs"]
 

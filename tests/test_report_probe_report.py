@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from optispace.probes import build
-from optispace.probes.report import read_runs, write_report
+from optispace.report.probe_report import read_runs, write_probe_report
 
 VOCAB, DIM = 24, 4
 
@@ -43,8 +43,8 @@ def _simulated_run(recipe: str, seed: int) -> dict:
 @pytest.mark.slow
 def test_report_has_every_section_figure_and_frame_and_is_deterministic(tmp_path):
     runs = [_simulated_run(recipe, seed) for recipe in ("line", "noise") for seed in (0, 1)]
-    first = write_report(runs, tmp_path / "a", "# Token geometry\n")
-    write_report(runs, tmp_path / "b", "# Token geometry\n")
+    first = write_probe_report(runs, tmp_path / "a", "# Token geometry\n")
+    write_probe_report(runs, tmp_path / "b", "# Token geometry\n")
     text = first.read_text()
     for heading in (
         "## Runs",

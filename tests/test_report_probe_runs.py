@@ -2,7 +2,7 @@
 
 import pytest
 
-from optispace.probes import compare
+from optispace.report import probe_runs
 
 
 def _run(recipe: str, seed: int, scale: float) -> dict:
@@ -65,13 +65,13 @@ RUNS = [_run("ember", 1, 1.0), _run("adamw", 0, 1.0), _run("adamw", 1, 2.0), _ru
 
 
 def test_runs_frame_is_sorted_and_carries_each_probe_value():
-    frame = compare.runs_frame(RUNS)
+    frame = probe_runs.runs_frame(RUNS)
     assert frame.select("recipe", "seed").rows() == [("adamw", 0), ("adamw", 1), ("adamw", 2), ("ember", 1)]
     assert frame["outliers.value"].to_list() == [10.0, 20.0, 30.0, 10.0]
 
 
 def test_ray_summary_orders_buckets_rare_to_frequent_and_ranges_the_margin_over_seeds():
-    summary = compare.ray_summary(compare.ray_frame(RUNS))
+    summary = probe_runs.ray_summary(probe_runs.ray_frame(RUNS))
     adamw = summary.filter(recipe="adamw")
     assert adamw["bucket"].to_list() == ["all", "1-9", "10-99"]
     assert adamw["seeds"].to_list() == [3, 3, 3]
@@ -80,7 +80,7 @@ def test_ray_summary_orders_buckets_rare_to_frequent_and_ranges_the_margin_over_
 
 
 def test_geometry_summary_puts_roles_in_canonical_order():
-    summary = compare.geometry_summary(RUNS)
+    summary = probe_runs.geometry_summary(RUNS)
     assert summary.select("role", "recipe").rows() == [
         ("embed", "adamw"),
         ("embed", "ember"),
@@ -93,7 +93,7 @@ def test_geometry_summary_puts_roles_in_canonical_order():
 
 
 def test_outlier_summary_takes_the_median_over_seeds_per_phase():
-    summary = compare.outlier_summary(RUNS).filter(recipe="adamw")
+    summary = probe_runs.outlier_summary(RUNS).filter(recipe="adamw")
     assert summary.select("phase", "max", "max_min", "max_max").rows() == [
         ("early", 2.0, 2.0, 2.0),
         ("late", 20.0, 10.0, 30.0),
@@ -102,7 +102,7 @@ def test_outlier_summary_takes_the_median_over_seeds_per_phase():
 
 
 def test_outlier_rows_say_how_rare_the_argmax_rows_are():
-    rows = compare.outlier_rows(compare.outlier_frame(RUNS)).filter(recipe="adamw")
+    rows = probe_runs.outlier_rows(probe_runs.outlier_frame(RUNS)).filter(recipe="adamw")
     assert rows.select("population", "seen", "share_seen_le_10", "steps_since_seen").rows() == [
         ("batch", 2.0, 1.0, 10.0)
     ]

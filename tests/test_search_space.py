@@ -1,0 +1,91 @@
+"""Sampling a configuration: a structure label has exactly the primitives its trial trains."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+from optuna.trial import FixedTrial
+
+from optispace.chain import parse_chain
+from optispace.search.space import sample
+from optispace.search.spec import parse_search_text
+from optispace.trial import RoleRun, primitive_names
+
+SEARCH = """\
+[study]
+name = "space"
+question = "q?"
+trials = 3
+
+[proxy]
+tier = "tiny"
+tokens = 4096
+
+[roles.embed]
+second_moment = ["full", "factored"]
+lr = [1e-3, 1e-1]
+beta2 = [0.9, 0.999]
+
+[roles.head]
+tie = "embed"
+
+[roles.matrix]
+momentum = ["none", "ema", "lion"]
+normalization = ["none", "sign", "orthogonalize"]
+lr = [1e-3, 1e-1]
+beta1 = [0.8, 0.95]
+weight_decay = {values = [0.0, 0.01, 0.1]}
+
+[roles.vector]
+chain = "momentum(0.9) > second_moment(full) > weight_decay(0.0)"
+lr = 3e-3
+"""
+SPEC = parse_search_text(SEARCH)
+
+
+@given(
+    second_moment=st.sampled_from(["full", "factored"]),
+    beta2=st.floats(0.9, 0.999),
+    momentum=st.sampled_from(["none", "ema", "lion"]),
+    normalization=st.sampled_from(["none", "sign", "orthogonalize"]),
+    beta1=st.floats(0.8, 0.95),
+    weight_decay=st.sampled_from([0.0, 0.01, 0.1]),
+)
+def test_a_label_has_exactly_the_primitives_the_trial_trains(
+    second_moment, beta2, momentum, normalization, beta1, weight_decay
+):
+    params = {
+        "embed.second_moment": second_moment,
+        "embed.lr": 1e-2,
+        "embed.beta2": beta2,
+        "matrix.momentum": momentum,
+        "matrix.normalization": normalization,
+        "matrix.lr": 1e-2,
+        "matrix.beta1": beta1,
+        "matrix.weight_decay": weight_decay,
+    }
+    configuration = sample(FixedTrial(params), SPEC.roles)
+    for role, draw in configuration.draws.items():
+        trained = parse_chain(draw.trained)
+        assert primitive_names(draw.structure) == [p.name for p in trained.primitives], role
+        RoleRun(draw.trained, draw.structure)  # the record accepts it
+    matrix = configuration.draws["matrix"]
+    # A weight decay of 0 decays nothing: the trial runs no decay, so no label may show one.
+    assert ("weight_decay" in matrix.structure) == (weight_decay != 0.0)
+    assert ("weight_decay" in matrix.trained) == (weight_decay != 0.0)
+    if weight_decay:
+        assert f"weight_decay({weight_decay!r})" in matrix.trained
+
+
+def test_a_fixed_chain_is_trained_and_labelled_as_written():
+    params = {
+        "embed.second_moment": "full",
+        "embed.lr": 1e-2,
+        "embed.beta2": 0.99,
+        "matrix.momentum": "none",
+        "matrix.normalization": "sign",
+        "matrix.lr": 1e-2,
+        "matrix.weight_decay": 0.0,
+    }
+    vector = sample(FixedTrial(params), SPEC.roles).draws["vector"]
+    assert vector.structure == vector.trained == "momentum(0.9) > second_moment(full) > weight_decay(0.0)"
