@@ -22,6 +22,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (worth it on a GPU)")
     parser.add_argument("--data", help="stdlib (default), stdlib:no-tests, zipf[:s=,v=,n=], a text file or "
                         "folder, a .bin shard or a folder of shards")
+    regime = parser.add_argument_group("regimes", "fine-tuning (sft) and reinforcement learning (rl) runs")
+    regime.add_argument("--regime", default="pretrain", choices=("pretrain", "sft", "rl"),
+                        help="pretrain from scratch (default), sft on prompt/response pairs, rl on a task")
+    regime.add_argument("--init", type=Path, help="sft/rl: start from this pretraining checkpoint of the "
+                        "same tier and data (default: a pretraining run trained once and cached)")
+    regime.add_argument("--pairs", help="sft: a JSONL file of {\"prompt\", \"response\"} objects, or "
+                        "task:NAME (default: the corpus's Python functions, docstring -> body)")
+    regime.add_argument("--new-rows", default="mean", choices=("mean", "random"),
+                        help="sft/rl: new token rows start as the mean of the existing rows, or small random")
+    regime.add_argument("--task", default="addition", help="rl: the verifiable task (addition, reverse)")
+    regime.add_argument("--group-size", type=int, default=8,
+                        help="rl: samples per prompt, G >= 2 (default 8)")
+    regime.add_argument("--clip", type=float, default=0.2, help="rl: clip range of the importance ratio")
+    regime.add_argument("--kl", type=float, default=0.0,
+                        help="rl: weight of the KL penalty to the start policy")
     parser.add_argument("--probes", default="", help="comma-separated probes, e.g. ray,geometry,outliers")
     parser.add_argument("--out", type=Path, help="write the run record (config, corpus, curve) as JSON here")
     parser.add_argument("--checkpoint", type=Path, help="checkpoint file, rewritten at each evaluation")
@@ -33,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
 
     probes = tuple(name for name in args.probes.split(",") if name)
     cfg = TrainConfig(recipe=args.recipe, proxy=args.proxy, tokens=args.tokens, lr=args.lr, seed=args.seed,
-                      device=args.device, data=args.data, probes=probes, compile=args.compile)
+                      device=args.device, data=args.data, probes=probes, compile=args.compile,
+                      regime=args.regime, init=args.init, pairs=args.pairs, new_rows=args.new_rows,
+                      task=args.task, group_size=args.group_size, clip=args.clip, kl=args.kl)
     if args.steps is not None:
         if args.steps <= 0:
             raise UserError(f"--steps: {args.steps} is not a positive number of steps")
@@ -47,14 +64,19 @@ def run(args: argparse.Namespace) -> int:
     return 1 if record.diverged else 0
 
 
+OBJECTIVES = {"val_loss": "val loss", "response_val_loss": "response val loss",
+              "reward_error": "reward error (1 - held-out reward)"}
+
+
 def summary(record) -> str:
     """Final val loss (or the divergence), tokens/s, device and the optimizer state per role."""
     if record.diverged:
         head = f"diverged at step {record.diverged_step}: {record.diverged}"
     else:
         last = record.curve[-1]
-        head = (f"final val loss {record.final_val_loss:.4f} after {last['step']} steps "
-                f"({last['tokens']:,} tokens)")
+        head = (f"final {OBJECTIVES[record.objective]} {record.final_val_loss:.4f} after {last['step']} "
+                f"steps ({last['tokens']:,} tokens)")
+        head += "".join(f", {name} {value:.4f}" for name, value in record.metrics.items())
     state = ", ".join(f"{role} {n:,}" for role, n in record.state_bytes.items())
     total = sum(record.state_bytes.values())
     return (f"{head}\n{record.tokens_per_s:,.0f} tokens/s on {record.device}, corpus "

@@ -20,6 +20,7 @@ import torch
 from optispace.errors import UserError
 from optispace.proxies.corpus import (
     VAL_PERCENT,
+    TextSource,
     build_text_corpus,
     load_built,
     stdlib_source,
@@ -79,21 +80,38 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
 
 def load_data(spec: str | Path | None, vocab_size: int, cache_dir: str | Path | None = None) -> TokenData:
     """Resolve a data spec (see the module docstring) into token streams whose ids are < ``vocab_size``."""
-    if spec is None or str(spec) in ("stdlib", "stdlib:no-tests"):
-        source = stdlib_source(include_tests=str(spec) != "stdlib:no-tests")
-        return _text(source, vocab_size, cache_root(cache_dir))
     if str(spec).startswith("zipf"):
         return zipf_data(**_zipf_params(str(spec), vocab_size))
+    source = text_source(spec)
+    if source is None:
+        return _shards(Path(spec).expanduser(), vocab_size)
+    return _text(source, vocab_size, cache_root(cache_dir))
+
+
+def text_source(spec: str | Path | None) -> TextSource | None:
+    """The text files behind a data spec; None for token shards and the Zipfian source."""
+    if spec is None or str(spec) in ("stdlib", "stdlib:no-tests"):
+        return stdlib_source(include_tests=str(spec) != "stdlib:no-tests")
+    if str(spec).startswith("zipf"):
+        return None
     path = Path(spec).expanduser()
     if not path.exists():
         raise UserError(f"data: {str(spec)!r} does not exist; give stdlib, stdlib:no-tests, "
                         "zipf[:s=..,v=..,n=..], a .bin shard, a folder of shards, or text files")
     if path.suffix == ".bin" or (path.is_dir() and any(path.glob("*.bin"))):
-        return _shards(path, vocab_size)
+        return None
     source = user_text_source(path)
     if not source.files:
         raise UserError(f"data: {path} holds no text files")
-    return _text(source, vocab_size, cache_root(cache_dir))
+    return source
+
+
+def load_tokenizer(source: TextSource, vocab_size: int, cache_dir: str | Path | None = None):
+    """The byte-level BPE tokenizer (HF ``tokenizers.Tokenizer``) of a text corpus, built once."""
+    from tokenizers import Tokenizer
+
+    folder = build_text_corpus(source, vocab_size, cache_root(cache_dir))
+    return Tokenizer.from_file(str(folder / "tokenizer.json"))
 
 
 def _text(source, vocab_size: int, cache_dir: Path) -> TokenData:
