@@ -1,6 +1,7 @@
 """SFT: the loss reads response targets only, new token rows start as stated, pairs encode with the
 special tokens, and a run fine-tunes the cached start and measures forgetting."""
 
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -75,3 +76,21 @@ def test_sft_run_fine_tunes_the_cached_start_and_measures_forgetting(text_corpus
     assert m["forgetting"] == m["pretrain_val_loss_end"] - m["pretrain_val_loss_start"]
     assert m["pretrain_val_loss_start"] < 6.0  # the start is pretrained: below ln 515 = 6.24
     assert list(cache.glob("runs/pretrain-tiny-*.pt"))
+
+
+
+def test_sft_resumes_bit_for_bit(text_corpus, tmp_path):
+    corpus, cache = text_corpus
+    cfg = TrainConfig(recipe="ember", proxy="tiny", regime="sft", data=str(corpus), cache_dir=str(cache),
+                      new_rows="random", eval_every=3, eval_batches=1,
+                      tokens=6 * TIERS["tiny"].tokens_per_step)
+    full = train(cfg, progress=False)
+
+    def interrupt(step, tokens, value):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, on_eval=interrupt, progress=False, checkpoint=tmp_path / "sft.pt")
+    resumed = train(cfg, progress=False, resume=tmp_path / "sft.pt")
+    assert [p["val_loss"] for p in resumed.curve] == [p["val_loss"] for p in full.curve]
+    assert resumed.metrics == full.metrics

@@ -31,12 +31,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "task:NAME (default: the corpus's Python functions, docstring -> body)")
     regime.add_argument("--new-rows", default="mean", choices=("mean", "random"),
                         help="sft/rl: new token rows start as the mean of the existing rows, or small random")
-    regime.add_argument("--task", default="addition", help="rl: the verifiable task (addition, reverse)")
+    regime.add_argument("--task", default="reverse", help="rl: the verifiable task, reverse (default) or "
+                        "addition")
     regime.add_argument("--group-size", type=int, default=8,
                         help="rl: samples per prompt, G >= 2 (default 8)")
     regime.add_argument("--clip", type=float, default=0.2, help="rl: clip range of the importance ratio")
     regime.add_argument("--kl", type=float, default=0.0,
                         help="rl: weight of the KL penalty to the start policy")
+    regime.add_argument("--updates-per-batch", type=int, default=1,
+                        help="rl: policy updates per batch of samples (GRPO's mu, default 1)")
     parser.add_argument("--probes", default="", help="comma-separated probes, e.g. ray,geometry,outliers")
     parser.add_argument("--out", type=Path, help="write the run record (config, corpus, curve) as JSON here")
     parser.add_argument("--checkpoint", type=Path, help="checkpoint file, rewritten at each evaluation")
@@ -50,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(recipe=args.recipe, proxy=args.proxy, tokens=args.tokens, lr=args.lr, seed=args.seed,
                       device=args.device, data=args.data, probes=probes, compile=args.compile,
                       regime=args.regime, init=args.init, pairs=args.pairs, new_rows=args.new_rows,
-                      task=args.task, group_size=args.group_size, clip=args.clip, kl=args.kl)
+                      task=args.task, group_size=args.group_size, clip=args.clip, kl=args.kl,
+                      updates_per_batch=args.updates_per_batch)
     if args.steps is not None:
         if args.steps <= 0:
             raise UserError(f"--steps: {args.steps} is not a positive number of steps")

@@ -28,9 +28,10 @@ Forward = Callable[..., torch.Tensor]
 
 
 class Regime(Protocol):
-    """What a kind of run gives the loop. ``batch(step)`` depends on (seed, step) and the model only,
-    so a resumed run redraws it; its first two tensors are the input and target token ids (what
-    probes count); ``data`` is the pretraining corpus (probes read its token frequencies)."""
+    """What a kind of run gives the loop. ``batch(step)`` depends on (seed, step), the model and
+    ``state_dict()`` only (a checkpoint keeps that state), so a resumed run redraws it; its first two
+    tensors are the input and target token ids (what probes count); ``data`` is the pretraining corpus
+    (probes read its token frequencies)."""
 
     name: str
     objective: str
@@ -46,8 +47,22 @@ class Regime(Protocol):
 
     def finish(self, forward: Forward) -> dict: ...
 
+    def state_dict(self) -> dict: ...
 
-class Pretrain:
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class Stateless:
+    """A regime whose batches depend on (seed, step) alone: nothing to checkpoint."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Nothing to restore."""
+
+
+class Pretrain(Stateless):
     """Next-token prediction on windows of a token stream, from a fresh initialisation."""
 
     name = "pretrain"

@@ -4,9 +4,10 @@ The policy is the pretrained proxy first fitted briefly by SFT on the task's for
 ``optispace.proxies.start``). Each step draws prompts, samples G completions of each (seeded, through
 the KV cache), scores them exactly, and takes one GRPO update (Shao et al. 2024, DeepSeekMath, eq. 3):
 advantages normalised within each group of G, the clipped importance ratio, an optional KL penalty to
-the starting policy (the k3 estimator). One update per batch of samples, so the old policy is the
-current one (ratio 1 in value; TRL's GRPO default). Objective: one minus the mean exact-match reward of
-greedy answers to held-out prompts; the curve also carries the reward.
+the starting policy (the k3 estimator). Each batch of samples serves ``updates_per_batch`` updates
+(GRPO's mu; 1 by default, as in TRL, where the ratio is 1 in value and the clip never binds). Objective:
+one minus the mean exact-match reward of greedy answers to held-out prompts; the curve also carries the
+reward.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ if TYPE_CHECKING:
 
 ADVANTAGE_EPS = 1e-4  # keeps a group whose rewards are all equal at advantage 0 (TRL's value)
 RL_SHARE = 4  # the default RL budget is a quarter of the tier's pretraining budget
-WARMUP_LR = 3e-3  # the warm-up SFT: adamw at this lr for the tier's pretraining budget
+WARMUP_LR, WARMUP_STEPS = 3e-3, 800  # the warm-up SFT: adamw at this lr for this many steps (on the tiny
+# tier it takes `reverse` to a sampled reward of about 0.4, so most groups of 8 have rewards to compare)
 
 
 def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
@@ -67,11 +69,11 @@ def completion_mask(completions: torch.Tensor, end: int) -> torch.Tensor:
 
 
 def warmup_config(cfg: TrainConfig) -> TrainConfig:
-    """The cached SFT run that fits the task's format before RL: adamw at its lr, the SFT default budget."""
+    """The cached SFT run that fits the policy to the task's format before RL."""
     from optispace.proxies.train import TrainConfig
 
     return TrainConfig(recipe="adamw", proxy=cfg.proxy, regime="sft", pairs=f"task:{cfg.task}", init=cfg.init,
-                       lr=WARMUP_LR, tokens=TIERS[cfg.proxy].tokens,
+                       lr=WARMUP_LR, tokens=WARMUP_STEPS * TIERS[cfg.proxy].tokens_per_step,
                        new_rows=cfg.new_rows, data=cfg.data, device=cfg.device, cache_dir=cfg.cache_dir)
 
 
@@ -96,6 +98,7 @@ class RL:
         self.groups = max(1, tier.batch_size // cfg.group_size)
         self.model = grown_from(cached_run(warmup_config(cfg), self.data.info), tier, cfg.seed, device)
         self.reference = copy.deepcopy(self.model).requires_grad_(False) if cfg.kl else None
+        self.drawn_at, self.samples, self.sampled_reward = 0, (), 0.0
         self.default_tokens = tier.tokens // RL_SHARE
 
     def _prompts(self, problems: list[str]) -> torch.Tensor:
@@ -112,8 +115,18 @@ class RL:
                             dtype=torch.float64)
 
     def batch(self, step: int) -> tuple[torch.Tensor, ...]:
+        """The samples of the block of ``updates_per_batch`` steps holding ``step``, drawn at its first
+        step (see ``draw``) and reused by the rest, so later updates see an importance ratio != 1."""
+        first = step - (step - 1) % self.cfg.updates_per_batch
+        if self.drawn_at != first:
+            self.samples, self.drawn_at = self.draw(first), first
+        return self.samples
+
+    @torch.no_grad()
+    def draw(self, step: int) -> tuple[torch.Tensor, ...]:
         """Prompts drawn by (seed, step), G sampled completions each, and what the loss needs: inputs,
-        targets, completion mask, advantages, reference log-probs (empty without a KL term)."""
+        targets, completion mask, advantages, the sampling policy's log-probs, the reference policy's
+        (empty without a KL term)."""
         rng = np.random.default_rng((self.cfg.seed, step))
         picks = rng.integers(0, len(self.train_problems), size=self.groups)
         g = self.cfg.group_size
@@ -121,23 +134,30 @@ class RL:
         generator = torch.Generator(self.device).manual_seed(int(rng.integers(2**62)))
         with precision(self.device):
             completions = generate(self.model, prompts, self.answer_tokens, generator)
+            sequences = torch.cat((prompts, completions), dim=1)
+            x, y = sequences[:, :-1], sequences[:, 1:]
+            old = token_logprobs(self.model(x), y)
+            ref = torch.empty(0) if self.reference is None else token_logprobs(self.reference(x), y)
         problems = [self.train_problems[i] for i in picks for _ in range(g)]
         rewards = self.rewards(problems, completions)
+        self.sampled_reward = float(rewards.mean())
         advantages = group_advantages(rewards.view(self.groups, g)).flatten().float().to(self.device)
-        sequences = torch.cat((prompts, completions), dim=1)
-        x, y = sequences[:, :-1], sequences[:, 1:]
         mask = torch.zeros_like(y, dtype=torch.bool)
         mask[:, prompts.shape[1] - 1:] = completion_mask(completions, self.tokens.end)
-        ref = torch.empty(0)
-        if self.reference is not None:
-            with torch.no_grad(), precision(self.device):
-                ref = token_logprobs(self.reference(x), y)
-        return x, y, mask, advantages, ref
+        return x, y, mask, advantages, old, ref
 
     def loss(self, forward: Forward, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        x, y, mask, advantages, ref = batch
+        x, y, mask, advantages, old, ref = batch
         logp = token_logprobs(forward(x), y)
-        return grpo_loss(logp, logp.detach(), advantages, mask, self.cfg.clip, self.cfg.kl, ref)
+        return grpo_loss(logp, old, advantages, mask, self.cfg.clip, self.cfg.kl, ref)
+
+    def state_dict(self) -> dict:
+        """The samples in use, so a run resumed inside a block reuses them."""
+        return {"drawn_at": self.drawn_at, "samples": self.samples, "sampled_reward": self.sampled_reward}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.drawn_at, self.sampled_reward = state["drawn_at"], state["sampled_reward"]
+        self.samples = tuple(t.to(self.device) for t in state["samples"])
 
     def held_out_reward(self) -> float:
         """Mean exact-match reward of greedy answers to the held-out prompts evaluated."""
@@ -145,8 +165,9 @@ class RL:
         return float(self.rewards(self.eval_problems, completions).mean())
 
     def evaluate(self, forward: Forward) -> dict[str, float]:
+        """The held-out reward (and its error, the objective), and the mean reward of the latest samples."""
         reward = self.held_out_reward()
-        return {"reward_error": 1.0 - reward, "reward": reward}
+        return {"reward_error": 1.0 - reward, "reward": reward, "sampled_reward": self.sampled_reward}
 
     def finish(self, forward: Forward) -> dict:
         return {"reward": self.held_out_reward()}

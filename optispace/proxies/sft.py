@@ -21,7 +21,7 @@ from optispace.proxies.corpus import TextSource
 from optispace.proxies.data import TokenData, check_fits, load_data, load_tokenizer, text_source, val_batches
 from optispace.proxies.model import GPT, INIT_STD, ModelConfig
 from optispace.proxies.pairs import Pair, load_pairs
-from optispace.proxies.regime import Forward, mean_loss, precision
+from optispace.proxies.regime import Forward, Stateless, mean_loss, precision
 from optispace.proxies.start import start_weights
 
 if TYPE_CHECKING:
@@ -130,7 +130,7 @@ def grown_config(model: ModelConfig) -> ModelConfig:
     return replace(model, vocab_size=model.vocab_size + len(SPECIALS))
 
 
-class SFT:
+class SFT(Stateless):
     """Fine-tuning on prompt/response pairs from pretrained weights (see the module docstring)."""
 
     name = "sft"

@@ -61,10 +61,11 @@ class TrainConfig:
     init: str | Path | None = None
     pairs: str | Path | None = None
     new_rows: str = "mean"
-    task: str = "addition"
+    task: str = "reverse"
     group_size: int = 8
     clip: float = 0.2
     kl: float = 0.0
+    updates_per_batch: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "probes", tuple(self.probes))
@@ -104,6 +105,8 @@ class TrainConfig:
              "an integer >= 2 (advantages are normalised within each group of samples)"),
             (self.clip > 0, "clip", self.clip, "a positive clip range of the importance ratio"),
             (self.kl >= 0, "kl", self.kl, "a KL weight >= 0"),
+            (self.updates_per_batch >= 1, "updates_per_batch", self.updates_per_batch,
+             "a number of policy updates per batch of samples >= 1"),
         ]
 
     def as_dict(self) -> dict:
@@ -198,7 +201,7 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, int, float], None] | None = 
                        objective=regime.objective)
     start, elapsed_before = 0, 0.0
     if resume is not None:
-        start, elapsed_before = _load_checkpoint(Path(resume), model, optimizer, record)
+        start, elapsed_before = _load_checkpoint(Path(resume), regime, optimizer, record)
     run = _Run(cfg, regime, optimizer, base_lrs, device, steps, callbacks, record)
     _notify_start(callbacks, model, optimizer, regime.data)
     run.loop(start, elapsed_before, on_eval, progress, None if checkpoint is None else Path(checkpoint))
@@ -319,18 +322,19 @@ class _Run:
     def save_checkpoint(self, path: Path, step: int, elapsed: float) -> None:
         """Everything a resumed run needs, written to a temp file and renamed (never half-written)."""
         state = {"format": CHECKPOINT_FORMAT, "config": self.record.config, "corpus": self.record.corpus,
-                 "step": step,
-                 "elapsed_s": elapsed, "curve": self.record.curve, "model": self.model.state_dict(),
-                 "optimizer": self.optimizer.state_dict(), "rng": torch.get_rng_state(),
+                 "step": step, "elapsed_s": elapsed, "curve": self.record.curve,
+                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "regime": self.regime.state_dict(), "rng": torch.get_rng_state(),
                  "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None}
         tmp = path.with_name(f".{path.name}.tmp")
         torch.save(state, tmp)
         tmp.replace(path)
 
 
-def _load_checkpoint(path: Path, model: GPT, optimizer: Optimizer,
+def _load_checkpoint(path: Path, regime: Regime, optimizer: Optimizer,
                      record: RunRecord) -> tuple[int, float]:
-    """Restore a checkpoint into ``model``/``optimizer``/``record``; returns (step, elapsed seconds)."""
+    """Restore a checkpoint into the regime's model and state, ``optimizer`` and ``record``; returns
+    (step, elapsed seconds)."""
     if not path.is_file():
         raise UserError(f"resume: checkpoint {path} does not exist")
     state = torch.load(path, map_location="cpu", weights_only=False)
@@ -341,7 +345,8 @@ def _load_checkpoint(path: Path, model: GPT, optimizer: Optimizer,
     if differ:
         raise UserError(f"resume: {path} was made with a different config ({', '.join(differ)} differ); "
                         "resume with the same settings")
-    model.load_state_dict(state["model"])
+    regime.model.load_state_dict(state["model"])
+    regime.load_state_dict(state.get("regime", {}))
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"])
     if state["cuda_rng"] is not None and torch.cuda.is_available():
