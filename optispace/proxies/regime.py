@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from optispace.proxies.train import TrainConfig
 
 REGIMES = ("pretrain", "sft", "rl")
+#: What each regime's evaluation minimises: the name of a run's ``objective`` and a study's first value.
+OBJECTIVES = {"pretrain": "val_loss", "sft": "response_val_loss", "rl": "reward_error"}
 Forward = Callable[..., torch.Tensor]
 
 
@@ -66,7 +68,7 @@ class Pretrain(Stateless):
     """Next-token prediction on windows of a token stream, from a fresh initialisation."""
 
     name = "pretrain"
-    objective = "val_loss"
+    objective = OBJECTIVES["pretrain"]
 
     def __init__(self, cfg: TrainConfig, tier: Tier, device: torch.device) -> None:
         self.model = GPT(tier.model).to(device)

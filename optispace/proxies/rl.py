@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from optispace.errors import UserError
-from optispace.proxies.regime import Forward, precision
+from optispace.proxies.regime import OBJECTIVES, Forward, precision
 from optispace.proxies.sampling import generate
 from optispace.proxies.sft import grown_from, text_corpus
 from optispace.proxies.start import cached_run
@@ -81,7 +81,7 @@ class RL:
     """GRPO on a verifiable task (see the module docstring)."""
 
     name = "rl"
-    objective = "reward_error"
+    objective = OBJECTIVES["rl"]
 
     def __init__(self, cfg: TrainConfig, tier: Tier, device: torch.device) -> None:
         _, self.data, self.tokens = text_corpus(cfg, tier)

@@ -21,7 +21,7 @@ from optispace.proxies.corpus import TextSource
 from optispace.proxies.data import TokenData, check_fits, load_data, load_tokenizer, text_source, val_batches
 from optispace.proxies.model import GPT, INIT_STD, ModelConfig
 from optispace.proxies.pairs import Pair, load_pairs
-from optispace.proxies.regime import Forward, Stateless, mean_loss, precision
+from optispace.proxies.regime import OBJECTIVES, Forward, Stateless, mean_loss, precision
 from optispace.proxies.start import start_weights
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ class SFT(Stateless):
     """Fine-tuning on prompt/response pairs from pretrained weights (see the module docstring)."""
 
     name = "sft"
-    objective = "response_val_loss"
+    objective = OBJECTIVES["sft"]
 
     def __init__(self, cfg: TrainConfig, tier: Tier, device: torch.device) -> None:
         source, self.data, self.tokens = text_corpus(cfg, tier)

@@ -77,6 +77,8 @@ def train_config(spec: SearchSpec, configuration: Configuration, seed: int) -> d
         "eval_batches": proxy.eval_batches,
         "compile": proxy.compile,
         "probes": proxy.probes if seed == spec.seeds[0] else (),
+        "regime": proxy.regime,
+        **proxy.regime_settings,
     }
 
 
@@ -206,6 +208,7 @@ def _record_configuration(trial: optuna.Trial, configuration: Configuration, spe
     trial.set_user_attr("structure", configuration.structure)
     trial.set_user_attr("hp", configuration.hp)
     trial.set_user_attr("seeds", list(spec.seeds))
+    trial.set_user_attr("regime", spec.proxy.regime)
 
 
 def _record_run(trial: optuna.Trial, records: list[Record], losses: list[float | None]) -> None:
