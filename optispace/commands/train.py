@@ -68,18 +68,20 @@ def run(args: argparse.Namespace) -> int:
     return 1 if record.diverged else 0
 
 
-OBJECTIVES = {"val_loss": "val loss", "response_val_loss": "response val loss",
-              "reward_error": "reward error (1 - held-out reward)"}
+OBJECTIVE_LABELS = {"val_loss": "val loss", "response_val_loss": "response val loss",
+                    "reward_error": "reward error (1 - held-out reward)"}
 
 
 def summary(record) -> str:
-    """Final val loss (or the divergence), tokens/s, device and the optimizer state per role."""
+    """The final objective and metrics (or the divergence), tokens/s, device and the optimizer state per
+    role."""
     if record.diverged:
         head = f"diverged at step {record.diverged_step}: {record.diverged}"
     else:
         last = record.curve[-1]
-        head = (f"final {OBJECTIVES[record.objective]} {record.final_val_loss:.4f} after {last['step']} "
-                f"steps ({last['tokens']:,} tokens)")
+        label = OBJECTIVE_LABELS[record.objective]
+        head = (f"final {label} {record.final_val_loss:.4f} after {last['step']} steps "
+                f"({last['tokens']:,} tokens)")
         head += "".join(f", {name} {value:.4f}" for name, value in record.metrics.items())
     state = ", ".join(f"{role} {n:,}" for role, n in record.state_bytes.items())
     total = sum(record.state_bytes.values())

@@ -4,8 +4,9 @@ A regime supplies what differs between them: the model it starts from, the batch
 loss of a batch and the evaluation. The loop (``optispace.proxies.train``) owns everything else:
 schedule, clipping, the optimizer step, divergence, checkpoints, callbacks.
 
-Every regime's ``evaluate`` returns its objective first, a number to minimise (pretraining: val loss;
-SFT: response val loss; RL: one minus the held-out reward), then any other numbers for the curve.
+Every regime's ``evaluate`` returns its objective (``OBJECTIVES``, a number to minimise: pretraining's
+val loss, SFT's response val loss, RL's one minus the held-out reward) and any other numbers for the
+curve; ``finish`` the final measurements of a run that did not diverge.
 """
 
 from __future__ import annotations

@@ -117,9 +117,10 @@ class TrainConfig:
 @dataclass
 class RunRecord:
     """The result of one run. ``curve`` points: step, tokens, train_loss, val_loss, elapsed_s, then the
-    regime's other evaluation numbers (RL: ``reward``). ``val_loss`` is the regime's ``objective``, a
-    number to minimise: the val loss (pretrain), the response val loss (sft), one minus the mean held-out
-    reward (rl). ``metrics``: the regime's final measurements (sft: forgetting; rl: reward, reward curve).
+    regime's other evaluation numbers (rl: ``reward``, ``sampled_reward``). ``val_loss`` (and
+    ``final_val_loss``) is the value of the regime's ``objective``, a number to minimise: the val loss
+    (pretrain), the response val loss (sft), one minus the mean held-out reward (rl). ``metrics``: the
+    regime's final measurements (sft: pretraining val loss at start and end, forgetting; rl: reward).
     ``diverged`` is None, "non-finite loss" or "loss above bound"; then ``final_val_loss`` is None.
     ``tokens_per_s`` counts the training steps of this call only (evaluations excluded);
     ``wall_time_s`` the whole loop, evaluations included, plus the time before a resume."""
@@ -296,7 +297,7 @@ class _Run:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """The regime's evaluation (its objective first), in eval mode."""
+        """The regime's evaluation (its objective among it), in eval mode."""
         self.model.eval()
         with self.precision():
             values = self.regime.evaluate(self.forward)
