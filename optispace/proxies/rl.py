@@ -125,8 +125,8 @@ class RL:
     @torch.no_grad()
     def draw(self, step: int) -> tuple[torch.Tensor, ...]:
         """Prompts drawn by (seed, step), G sampled completions each, and what the loss needs: inputs,
-        targets, completion mask, advantages, the sampling policy's log-probs, the reference policy's
-        (empty without a KL term)."""
+        targets, completion mask, advantages, the sampling policy's log-probs (empty when each batch
+        serves one update), the reference policy's (empty without a KL term)."""
         rng = np.random.default_rng((self.cfg.seed, step))
         picks = rng.integers(0, len(self.train_problems), size=self.groups)
         g = self.cfg.group_size
@@ -136,7 +136,10 @@ class RL:
             completions = generate(self.model, prompts, self.answer_tokens, generator)
             sequences = torch.cat((prompts, completions), dim=1)
             x, y = sequences[:, :-1], sequences[:, 1:]
-            old = token_logprobs(self.model(x), y)
+            # with one update per batch the sampling policy is the current one: the loss detaches its
+            # own log-probs instead of a forward pass here
+            reused = self.cfg.updates_per_batch > 1
+            old = token_logprobs(self.model(x), y) if reused else torch.empty(0)
             ref = torch.empty(0) if self.reference is None else token_logprobs(self.reference(x), y)
         problems = [self.train_problems[i] for i in picks for _ in range(g)]
         rewards = self.rewards(problems, completions)
@@ -149,6 +152,7 @@ class RL:
     def loss(self, forward: Forward, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         x, y, mask, advantages, old, ref = batch
         logp = token_logprobs(forward(x), y)
+        old = old if old.numel() else logp.detach()
         return grpo_loss(logp, old, advantages, mask, self.cfg.clip, self.cfg.kl, ref)
 
     def state_dict(self) -> dict:
