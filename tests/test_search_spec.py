@@ -171,6 +171,14 @@ MISTAKES = [
         r"t.toml:10: proxy.task: 'chess' is not allowed",
     ),
     (
+        ("tokens = 4096", 'tokens = 4096\nregime = "sft"\npairs = "no/such.jsonl"'),
+        r"t.toml:10: proxy.pairs: 'no/such.jsonl' is not a JSONL file of pairs",
+    ),
+    (
+        ("tokens = 4096", 'tokens = 4096\nregime = "sft"\npairs = "task:chess"'),
+        r"t.toml:10: proxy.pairs: 'task:chess': tasks are addition, reverse",
+    ),
+    (
         ("tokens = 4096", 'tokens = 4096\ntask = "reverse"'),
         r"t.toml:9: proxy.task: a setting of regime \"sft\" or \"rl\"",
     ),

@@ -2,12 +2,13 @@
 
 A cached run is keyed by a fingerprint of everything its weights depend on (its config, the corpus, the
 torch version, the bytes of its own starting checkpoint), like the token shards, so every trial of a
-study fine-tunes the same weights. Concurrent builders are safe: each trains into a private file and
-the first rename wins.
+study fine-tunes the same weights. Concurrent builders are safe: each trains into a private file, and
+the first to finish links it into place (later ones find it there and discard theirs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -87,7 +88,8 @@ def _train_into(cfg: TrainConfig, final: Path, tmp: Path) -> None:
                             f"{record.diverged_step}; nothing to start from")
         state = torch.load(tmp, map_location="cpu", weights_only=False)
         torch.save({key: state[key] for key in ("format", "config", "corpus", "model")}, tmp)
-        tmp.replace(final)
+        with contextlib.suppress(FileExistsError):  # never replaces: a worker that finished first
+            os.link(tmp, final)  # keeps the weights its trials already use
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -360,12 +360,20 @@ def _proxy(table: _Table) -> ProxySpec:
     return spec
 
 
+def _pairs(value: Any) -> str | None:
+    from optispace.proxies.tasks import TASKS
+
+    if isinstance(value, str) and value.startswith("task:"):
+        return None if value.removeprefix("task:") in TASKS else f"{value!r}: tasks are {', '.join(TASKS)}"
+    return _string(value) or (None if Path(value).is_file() else f"{value!r} is not a JSONL file of pairs")
+
+
 def _regime_keys() -> dict[str, Callable[[Any], str | None]]:
     """``[proxy]`` keys of the sft and rl regimes (``TrainConfig`` fields of the same names)."""
     from optispace.proxies.tasks import TASKS
     from optispace.proxies.train import NEW_ROWS
 
-    return {"init": _existing_path, "pairs": _string, "new_rows": _one_of(NEW_ROWS),
+    return {"init": _existing_path, "pairs": _pairs, "new_rows": _one_of(NEW_ROWS),
             "task": _one_of(tuple(TASKS)), "group_size": _integer(2), "clip": _real(0.0, open_low=True),
             "kl": _real(0.0), "updates_per_batch": _integer(1)}
 
