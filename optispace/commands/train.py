@@ -68,10 +68,6 @@ def run(args: argparse.Namespace) -> int:
     return 1 if record.diverged else 0
 
 
-OBJECTIVE_LABELS = {"val_loss": "val loss", "response_val_loss": "response val loss",
-                    "reward_error": "reward error (1 - held-out reward)"}
-
-
 def summary(record) -> str:
     """The final objective and metrics (or the divergence), tokens/s, device and the optimizer state per
     role."""
@@ -79,6 +75,8 @@ def summary(record) -> str:
         head = f"diverged at step {record.diverged_step}: {record.diverged}"
     else:
         last = record.curve[-1]
+        from optispace.proxies.objectives import OBJECTIVE_LABELS
+
         label = OBJECTIVE_LABELS[record.objective]
         head = (f"final {label} {record.final_val_loss:.4f} after {last['step']} steps "
                 f"({last['tokens']:,} tokens)")

@@ -19,14 +19,13 @@ import torch
 
 from optispace.proxies.data import TokenData, check_fits, load_data, train_batch, val_batches
 from optispace.proxies.model import GPT
+from optispace.proxies.objectives import OBJECTIVES
 
 if TYPE_CHECKING:
     from optispace.proxies.tiers import Tier
     from optispace.proxies.train import TrainConfig
 
 REGIMES = ("pretrain", "sft", "rl")
-#: What each regime's evaluation minimises: the name of a run's ``objective`` and a study's first value.
-OBJECTIVES = {"pretrain": "val_loss", "sft": "response_val_loss", "rl": "reward_error"}
 Forward = Callable[..., torch.Tensor]
 
 

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from optispace.errors import UserError
-from optispace.proxies.regime import OBJECTIVES, Forward, precision
+from optispace.proxies.objectives import OBJECTIVES
+from optispace.proxies.regime import Forward, precision
 from optispace.proxies.sampling import generate
 from optispace.proxies.sft import grown_from, text_corpus
 from optispace.proxies.start import cached_run

@@ -20,8 +20,9 @@ from optispace.errors import UserError
 from optispace.proxies.corpus import TextSource
 from optispace.proxies.data import TokenData, check_fits, load_data, load_tokenizer, text_source, val_batches
 from optispace.proxies.model import GPT, INIT_STD, ModelConfig
+from optispace.proxies.objectives import OBJECTIVES
 from optispace.proxies.pairs import Pair, load_pairs
-from optispace.proxies.regime import OBJECTIVES, Forward, Stateless, mean_loss, precision
+from optispace.proxies.regime import Forward, Stateless, mean_loss, precision
 from optispace.proxies.start import start_weights
 
 if TYPE_CHECKING:

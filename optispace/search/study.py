@@ -70,7 +70,7 @@ def make_pruner(spec: SearchSpec) -> optuna.pruners.BasePruner:
 
 def study_attrs(spec: SearchSpec) -> dict[str, object]:
     """The study's user attributes (DESIGN.md, Trials), as the report reads them."""
-    from optispace.proxies.regime import OBJECTIVES
+    from optispace.proxies.objectives import OBJECTIVES
 
     return {
         "search": spec.raw,
