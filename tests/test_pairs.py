@@ -6,7 +6,7 @@ import pytest
 
 from optispace.errors import UserError
 from optispace.proxies.corpus import TextSource, is_val_file
-from optispace.proxies.pairs import function_pairs, load_pairs, read_jsonl
+from optispace.proxies.pairs import cached_function_pairs, function_pairs, load_pairs, read_jsonl
 
 SOURCE = '''def plain(x):
     return x
@@ -75,3 +75,13 @@ def test_task_pairs_hold_out_the_tasks_held_out_problems():
         load_pairs("task:nonesuch", None)
     with pytest.raises(UserError, match="text corpus"):
         load_pairs(None, None)
+
+
+
+def test_function_pairs_are_cached(tmp_path):
+    (tmp_path / "m.py").write_text(SOURCE)
+    source, cache = TextSource("t", tmp_path, ("m.py",)), tmp_path / "cache" / "pairs.json"
+    first = cached_function_pairs(source, cache)
+    assert first == function_pairs(source) and len(first) == 2
+    (tmp_path / "m.py").write_text("")  # the cache (keyed by the corpus fingerprint) answers from now on
+    assert function_pairs(source) == [] and cached_function_pairs(source, cache) == first

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +29,10 @@ class Pair:
     key: str
 
 
-def load_pairs(spec: str | Path | None, source: TextSource | None) -> tuple[list[Pair], list[Pair]]:
-    """(training pairs, held-out pairs) of a pairs spec (see the module docstring)."""
+def load_pairs(spec: str | Path | None, source: TextSource | None,
+               cache: Path | None = None) -> tuple[list[Pair], list[Pair]]:
+    """(training pairs, held-out pairs) of a pairs spec (see the module docstring); the built-in pairs
+    are read from ``cache`` (a JSON file) when it exists, else found and written there."""
     if spec is not None and str(spec).startswith("task:"):
         pairs = task_pairs(str(spec).removeprefix("task:"))
         where = str(spec)
@@ -39,7 +42,7 @@ def load_pairs(spec: str | Path | None, source: TextSource | None) -> tuple[list
         raise UserError("pairs: the built-in pairs come from a text corpus of Python files; this run's data "
                         "has none: give --pairs FILE.jsonl, or text data")
     else:
-        pairs, where = function_pairs(source), f"the functions of {source.name}"
+        pairs, where = cached_function_pairs(source, cache), f"the functions of {source.name}"
     train = [p for p in pairs if not is_val_file(p.key)]
     held_out = [p for p in pairs if is_val_file(p.key)]
     if not train or not held_out:
@@ -90,6 +93,19 @@ def function_pairs(source: TextSource) -> list[Pair]:
             pair = _function_pair(node, lines, relpath)
             if pair is not None:
                 pairs.append(pair)
+    return pairs
+
+
+def cached_function_pairs(source: TextSource, cache: Path | None) -> list[Pair]:
+    """``function_pairs(source)``, kept in the JSON file ``cache`` (parsing the stdlib takes a while)."""
+    if cache is not None and cache.is_file():
+        return [Pair(*item) for item in json.loads(cache.read_text())]
+    pairs = function_pairs(source)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps([[p.prompt, p.response, p.key] for p in pairs]))
+        tmp.replace(cache)  # the same pairs whoever writes them
     return pairs
 
 

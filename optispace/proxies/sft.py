@@ -18,7 +18,15 @@ import torch.nn.functional as F
 
 from optispace.errors import UserError
 from optispace.proxies.corpus import TextSource
-from optispace.proxies.data import TokenData, check_fits, load_data, load_tokenizer, text_source, val_batches
+from optispace.proxies.data import (
+    TokenData,
+    cache_root,
+    check_fits,
+    load_data,
+    load_tokenizer,
+    text_source,
+    val_batches,
+)
 from optispace.proxies.model import GPT, INIT_STD, ModelConfig
 from optispace.proxies.objectives import OBJECTIVES
 from optispace.proxies.pairs import Pair, load_pairs
@@ -140,7 +148,8 @@ class SFT(Stateless):
     def __init__(self, cfg: TrainConfig, tier: Tier, device: torch.device) -> None:
         source, self.data, self.tokens = text_corpus(cfg, tier)
         self.seq_len, self.batch_size = tier.model.seq_len, tier.batch_size
-        train, held_out = load_pairs(cfg.pairs, source)
+        cache = cache_root(cfg.cache_dir) / "pairs" / f"{self.data.info['fingerprint']}.json"
+        train, held_out = load_pairs(cfg.pairs, source, cache)
         encode = self.tokens.spell if str(cfg.pairs).startswith("task:") else self.tokens.encode
         self.rows, self.mask = self._encode(train, encode)
         val_rows, val_mask = self._encode(held_out[:cfg.eval_batches * self.batch_size], encode)
