@@ -106,16 +106,21 @@ def text_source(spec: str | Path | None) -> TextSource | None:
     return source
 
 
-def load_tokenizer(source: TextSource, vocab_size: int, cache_dir: str | Path | None = None):
-    """The byte-level BPE tokenizer (HF ``tokenizers.Tokenizer``) of a text corpus, built once."""
+def load_text(source: TextSource, vocab_size: int, cache_dir: str | Path | None = None):
+    """A text corpus's token streams and its byte-level BPE tokenizer (``tokenizers.Tokenizer``),
+    built once and cached."""
     from tokenizers import Tokenizer
 
     folder = build_text_corpus(source, vocab_size, cache_root(cache_dir))
-    return Tokenizer.from_file(str(folder / "tokenizer.json"))
+    return _streams(folder), Tokenizer.from_file(str(folder / "tokenizer.json"))
 
 
 def _text(source, vocab_size: int, cache_dir: Path) -> TokenData:
-    train, val, info = load_built(build_text_corpus(source, vocab_size, cache_dir))
+    return _streams(build_text_corpus(source, vocab_size, cache_dir))
+
+
+def _streams(folder: Path) -> TokenData:
+    train, val, info = load_built(folder)
     return TokenData(TokenStream([train]), TokenStream([val]), info)
 
 

@@ -22,8 +22,7 @@ from optispace.proxies.data import (
     TokenData,
     cache_root,
     check_fits,
-    load_data,
-    load_tokenizer,
+    load_text,
     text_source,
     val_batches,
 )
@@ -129,10 +128,9 @@ def text_corpus(cfg: TrainConfig, tier: Tier) -> tuple[TextSource, TokenData, Ch
     if source is None:
         raise UserError(f"regime {cfg.regime}: data {cfg.data} is token ids without a tokenizer; this regime "
                         "needs text data (stdlib or text files) to write its prompts")
-    vocab = tier.model.vocab_size
-    data = load_data(cfg.data, vocab, cfg.cache_dir)
+    data, tokenizer = load_text(source, tier.model.vocab_size, cfg.cache_dir)
     check_fits(data, tier.model.seq_len)
-    return source, data, ChatTokens(load_tokenizer(source, vocab, cfg.cache_dir), vocab)
+    return source, data, ChatTokens(tokenizer, tier.model.vocab_size)
 
 
 def grown_config(model: ModelConfig) -> ModelConfig:
