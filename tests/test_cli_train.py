@@ -88,6 +88,8 @@ def test_init_checkpoint_is_checked(text_corpus, tmp_path, monkeypatch, capsys):
     cases = [(["--init", str(ckpt), "--proxy", "small"], "same tier"),
              (["--init", str(ckpt), "--data", str(other), "--pairs", "task:addition"], "corpus"),
              (["--init", str(tmp_path / "none.pt")], "does not exist"),
+             (["--regime", "rl", "--init", str(tmp_path / "none.pt")], "does not exist"),
+             (["--regime", "rl", "--init", str(ckpt), "--proxy", "small"], "same tier"),
              (["--pairs", str(jsonl)], f"{jsonl}:2:"),
              (["--data", "zipf:n=5000"], "text data")]
     for extra, message in cases:

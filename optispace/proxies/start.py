@@ -100,7 +100,13 @@ def fingerprint(cfg: TrainConfig, corpus: dict) -> str:
     settings = replace(cfg, init=None).as_dict()
     for name in _NOT_IDENTITY:
         settings.pop(name)
-    init = None if cfg.init is None else hashlib.sha256(Path(cfg.init).read_bytes()).hexdigest()
+    init = None if cfg.init is None else _digest(Path(cfg.init))
     key = {"format": START_FORMAT, "config": settings, "corpus": corpus["fingerprint"], "init": init,
            "torch": torch.__version__.split("+")[0]}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _digest(path: Path) -> str:
+    if not path.is_file():
+        raise UserError(f"init: checkpoint {path} does not exist")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
