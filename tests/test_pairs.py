@@ -3,10 +3,12 @@
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from optispace.errors import UserError
 from optispace.proxies.corpus import TextSource, is_val_file
-from optispace.proxies.pairs import cached_function_pairs, function_pairs, load_pairs, read_jsonl
+from optispace.proxies.pairs import cached_function_pairs, function_pairs, load_pairs, read_jsonl, spread
 
 SOURCE = '''def plain(x):
     return x
@@ -85,3 +87,11 @@ def test_function_pairs_are_cached(tmp_path):
     assert first == function_pairs(source) and len(first) == 2
     (tmp_path / "m.py").write_text("")  # the cache (keyed by the corpus fingerprint) answers from now on
     assert function_pairs(source) == [] and cached_function_pairs(source, cache) == first
+
+
+@given(st.lists(st.integers(), max_size=60, unique=True), st.integers(1, 20))
+def test_spread_takes_n_distinct_items_in_order_from_all_over(items, n):
+    picked = spread(items, n)
+    assert len(picked) == min(n, len(items)) and picked == [x for x in items if x in picked]
+    if len(items) > n:
+        assert picked[0] == items[0] and items.index(picked[-1]) >= len(items) - len(items) // n - 1

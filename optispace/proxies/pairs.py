@@ -51,6 +51,14 @@ def load_pairs(spec: str | Path | None, source: TextSource | None,
     return train, held_out
 
 
+def spread(items: list, n: int) -> list:
+    """``n`` of ``items`` at evenly spaced positions (all of them when there are no more than ``n``), so
+    a held-out sample is not just the first file's or the smallest numbers."""
+    if len(items) <= n:
+        return list(items)
+    return [items[i * len(items) // n] for i in range(n)]
+
+
 def read_jsonl(path: Path) -> list[Pair]:
     """Every non-blank line of ``path`` as a pair; a malformed line is an error naming file and line."""
     if not path.is_file():

@@ -20,6 +20,7 @@ import torch
 
 from optispace.errors import UserError
 from optispace.proxies.objectives import OBJECTIVES
+from optispace.proxies.pairs import spread
 from optispace.proxies.regime import Forward, precision
 from optispace.proxies.sampling import generate
 from optispace.proxies.sft import grown_from, text_corpus
@@ -88,7 +89,7 @@ class RL:
         _, self.data, self.tokens = text_corpus(cfg, tier)
         self.task, self.cfg, self.device = TASKS[cfg.task], cfg, device
         self.train_problems, held_out = self.task.split
-        self.eval_problems = held_out[:cfg.eval_batches * tier.batch_size]
+        self.eval_problems = spread(held_out, cfg.eval_batches * tier.batch_size)
         self.answer_tokens = len(self.task.solve(self.train_problems[0])) + 1  # and the end token
         self.train_prompts = self._prompts(self.train_problems)
         self.eval_prompts = self._prompts(self.eval_problems)

@@ -28,7 +28,7 @@ from optispace.proxies.data import (
 )
 from optispace.proxies.model import GPT, INIT_STD, ModelConfig
 from optispace.proxies.objectives import OBJECTIVES
-from optispace.proxies.pairs import Pair, load_pairs
+from optispace.proxies.pairs import Pair, load_pairs, spread
 from optispace.proxies.regime import Forward, Stateless, mean_loss, precision
 from optispace.proxies.start import start_weights
 
@@ -150,7 +150,7 @@ class SFT(Stateless):
         train, held_out = load_pairs(cfg.pairs, source, cache)
         encode = self.tokens.spell if str(cfg.pairs).startswith("task:") else self.tokens.encode
         self.rows, self.mask = self._encode(train, encode)
-        val_rows, val_mask = self._encode(held_out[:cfg.eval_batches * self.batch_size], encode)
+        val_rows, val_mask = self._encode(spread(held_out, cfg.eval_batches * self.batch_size), encode)
         self.val = [(val_rows[i:i + self.batch_size].to(device), val_mask[i:i + self.batch_size].to(device))
                     for i in range(0, len(val_rows), self.batch_size)]
         self.model = grown_model(cfg, tier, self.data.info, device)
