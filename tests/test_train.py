@@ -199,3 +199,14 @@ def test_pretrain_regime_keeps_the_committed_losses():
     assert record.regime == "pretrain" and record.objective == "val_loss" and record.metrics == {}
     assert record.config["regime"] == "pretrain" and record.config["model"] == dataclasses.asdict(TINY.model)
     assert set(record.curve[0]) == {"step", "tokens", "train_loss", "val_loss", "elapsed_s"}
+
+
+def test_a_checkpoint_from_before_the_regimes_resumes(tmp_path):
+    ckpt = tmp_path / "run.pt"
+    full = train(tiny(tokens=10 * TINY.tokens_per_step), progress=False, checkpoint=ckpt)
+    state = torch.load(ckpt, weights_only=False)
+    for key in ("regime", "init", "pairs", "new_rows", "task", "group_size", "clip", "kl",
+                "updates_per_batch"):
+        del state["config"][key]
+    torch.save(state, ckpt)  # as the loop wrote it before these settings existed
+    assert losses(train(tiny(tokens=10 * TINY.tokens_per_step), progress=False, resume=ckpt)) == losses(full)

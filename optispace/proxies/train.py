@@ -16,7 +16,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -341,8 +341,9 @@ def _load_checkpoint(path: Path, regime: Regime, optimizer: Optimizer,
     state = torch.load(path, map_location="cpu", weights_only=False)
     if state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"resume: {path} is not an optispace checkpoint of format {CHECKPOINT_FORMAT}")
-    differ = sorted(k for k in record.config.keys() | state["config"].keys()
-                    if record.config.get(k) != state["config"].get(k))
+    # a checkpoint from before a setting existed was made at that setting's default
+    theirs = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING} | state["config"]
+    differ = sorted(k for k in record.config.keys() | theirs.keys() if record.config.get(k) != theirs.get(k))
     if differ:
         raise UserError(f"resume: {path} was made with a different config ({', '.join(differ)} differ); "
                         "resume with the same settings")
