@@ -2,7 +2,7 @@
 
 The policy is the pretrained proxy first fitted briefly by SFT on the task's format (a cached run,
 ``optispace.proxies.start``). Each step draws prompts, samples G completions of each (seeded, through
-the KV cache), scores them exactly, and takes one GRPO update (Shao et al. 2024, DeepSeekMath, eq. 3):
+the KV cache), scores them exactly, and takes a GRPO update (Shao et al. 2024, DeepSeekMath):
 advantages normalised within each group of G, the clipped importance ratio, an optional KL penalty to
 the starting policy (the k3 estimator). Each batch of samples serves ``updates_per_batch`` updates
 (GRPO's mu; 1 by default, as in TRL, where the ratio is 1 in value and the clip never binds). Objective:
@@ -53,7 +53,7 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
               clip: float, kl: float = 0.0, ref_logp: torch.Tensor | None = None) -> torch.Tensor:
     """-mean_i (1/|o_i|) sum_t [min(rho A_i, clip(rho, 1-e, 1+e) A_i) - kl * (exp(d) - d - 1)],
-    rho = exp(logp - old_logp), d = ref_logp - logp, over the completion tokens ``mask`` (GRPO, eq. 3)."""
+    rho = exp(logp - old_logp), d = ref_logp - logp, over the completion tokens ``mask`` (GRPO)."""
     ratio = torch.exp(logp - old_logp)
     a = advantages.unsqueeze(-1)
     objective = torch.minimum(ratio * a, ratio.clamp(1 - clip, 1 + clip) * a)
