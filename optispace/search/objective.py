@@ -84,6 +84,8 @@ def train_config(spec: SearchSpec, configuration: Configuration, seed: int) -> d
         "eval_batches": proxy.eval_batches,
         "compile": proxy.compile,
         "probes": proxy.probes if seed == spec.seeds[0] else (),
+        "regime": proxy.regime,
+        **proxy.regime_settings,
     }
 
 
@@ -206,7 +208,8 @@ def _record_configuration(trial: optuna.Trial, configuration: Configuration, spe
         role: RoleRun(trained=draw.trained, label=draw.structure, lr=draw.lr)
         for role, draw in configuration.draws.items()
     }
-    write(trial, TrialRecord(roles=roles, hp=configuration.hp, seeds=tuple(spec.seeds)))
+    write(trial, TrialRecord(roles=roles, hp=configuration.hp, seeds=tuple(spec.seeds),
+                            regime=spec.proxy.regime))
 
 
 def _run_record(
