@@ -108,6 +108,7 @@ class Optimizer(torch.optim.Optimizer):
         if not present:
             raise ValueError("optimizer: no trainable parameters (none requires a gradient)")
         self._workspace = Workspace()
+        self._chains: dict[str, Chain] = {}
         groups = [{"params": by_role[role], "role": role, "chain": chains[role], "lr": lrs[role], **hp}
                   for role in present]
         super().__init__(groups, {"foreach": foreach})
@@ -127,6 +128,7 @@ class Optimizer(torch.optim.Optimizer):
         chain = param_group["chain"]
         chain = chain if isinstance(chain, Chain) else parse_chain(chain)
         param_group["chain"] = str(chain)
+        self._chains[param_group["chain"]] = chain
         param_group["lr"] = check_lr(param_group["lr"], f"role {role!r}")
         params = list(param_group["params"])
         for i, item in enumerate(params):
@@ -141,9 +143,11 @@ class Optimizer(torch.optim.Optimizer):
             self.state[p] = {"step": 0, **chain.init_state(tuple(p.shape), p.device)}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        # torch pickles only defaults, state and param_groups: the scratch buffers start afresh.
+        # torch pickles only defaults, state and param_groups: scratch buffers and parsed chains
+        # start afresh.
         super().__setstate__(state)
         self._workspace = Workspace()
+        self._chains = {}
 
     def state_bytes(self) -> dict[str, int]:
         """Bytes of optimizer state per role, as allocated (equal to what the chains declare)."""
@@ -161,7 +165,7 @@ class Optimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            chain = parse_chain(group["chain"])
+            chain = self._chain(group["chain"])
             params = [p for p in group["params"] if p.grad is not None]
             if any(p.grad.is_sparse for p in params):
                 raise ValueError("optispace.Optimizer does not take sparse gradients (as from "
@@ -172,6 +176,18 @@ class Optimizer(torch.optim.Optimizer):
                 for p in params:
                     self._step_one(p, chain, group["lr"])
         return loss
+
+    def _chain(self, text: str) -> Chain:
+        """The parsed chain of a group's text, parsed once per distinct text.
+
+        A group's text may change between steps (a scheduler re-deriving a recipe's chain from new
+        hyperparameters); the new text is parsed on its first step and found in the cache after, so
+        a step is a dictionary lookup, which ``torch.compile`` traces without a graph break.
+        """
+        chain = self._chains.get(text)
+        if chain is None:
+            chain = self._chains[text] = parse_chain(text)
+        return chain
 
     def _step_many(self, params: list[torch.Tensor], chain: Chain, lr: float) -> None:
         """One step for fp32 parameters on one device, with multi-tensor (foreach) operations."""
@@ -217,7 +233,7 @@ class Optimizer(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         index = {id(p): i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
         for group in self.param_groups:
-            chain = parse_chain(group["chain"])
+            chain = self._chain(group["chain"])
             for p in group["params"]:
                 saved = state_dict["state"][index[id(p)]]
                 for spec in chain.state_specs(tuple(p.shape)):

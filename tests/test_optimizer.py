@@ -257,3 +257,27 @@ def test_a_state_dict_from_another_chain_is_refused() -> None:
     saved = Optimizer(model, "adamw").state_dict()
     with pytest.raises(ValueError, match="build the optimizer with the recipe it was saved with"):
         Optimizer(model, "ember").load_state_dict(saved)
+
+
+def test_chains_are_parsed_once_per_text_and_never_by_a_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    import optispace.optimizer as module
+
+    model = LM()
+    opt = Optimizer(model, "adamw", lr=1e-2)
+    parsed: list[str] = []
+    real = module.parse_chain.__wrapped__
+
+    def counting(text: str) -> Chain:
+        parsed.append(text)
+        return real(text)
+
+    monkeypatch.setattr(module, "parse_chain", counting)
+    for seed in range(3):
+        loss_step(model, opt, seed)
+    assert parsed == []
+    # A group whose text changes (a scheduler re-deriving the chain) is parsed on its next step only.
+    group = opt.param_groups[2]
+    group["chain"] = str(RECIPES["adamw"].chains(betas=(0.8, 0.99))["matrix"])
+    for seed in range(3, 6):
+        loss_step(model, opt, seed)
+    assert parsed == [group["chain"]]
