@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -92,19 +93,38 @@ class Chain:
             tail = tail and p.homogeneous
         return tuple(reversed(out))
 
+    @functools.cached_property
+    def _settled(self) -> tuple[bool, ...]:
+        """Per position: does no later primitive read the parameter (so a decay may wait)?"""
+        out, tail = [], True
+        for p in reversed(self.primitives):
+            out.append(tail)
+            tail = tail and not p.reads_param
+        return tuple(reversed(out))
+
+    def _positions(self) -> Iterator[tuple[Primitive, dict[str, str], bool, bool, bool]]:
+        """Per primitive: (primitive, state keys, deferrable, param settled, final)."""
+        last = len(self.primitives) - 1
+        for i, (p, keys) in enumerate(zip(self.primitives, self.state_keys, strict=True)):
+            yield p, keys, self._deferrable[i], self._settled[i], i == last
+
     def apply(self, u: torch.Tensor, state: dict[str, Any], ctx: Context) -> torch.Tensor:
-        """Run every primitive in order on ``u``; ``state`` is the flat per-parameter state."""
-        for p, keys, deferrable in zip(self.primitives, self.state_keys, self._deferrable, strict=True):
-            ctx.deferrable = deferrable
+        """Run every primitive in order on ``u``; ``state`` is the flat per-parameter state.
+
+        The caller then makes the update, ``ctx.update(param, u)``, unless ``ctx.applied`` says
+        the last primitive made it.
+        """
+        for p, keys, deferrable, settled, final in self._positions():
+            ctx.deferrable, ctx.param_settled, ctx.final = deferrable, settled, final
             u = p.apply(u, {f: state[k] for f, k in keys.items()}, ctx)
         return u
 
     def apply_many(self, us: list[torch.Tensor], states: list[dict[str, Any]],
                    ctxs: list[Context]) -> list[torch.Tensor]:
         """:meth:`apply` for several parameters at once (``torch._foreach_*`` where a primitive can)."""
-        for p, keys, deferrable in zip(self.primitives, self.state_keys, self._deferrable, strict=True):
+        for p, keys, deferrable, settled, final in self._positions():
             for ctx in ctxs:
-                ctx.deferrable = deferrable
+                ctx.deferrable, ctx.param_settled, ctx.final = deferrable, settled, final
             us = p.apply_many(us, [{f: s[k] for f, k in keys.items()} for s in states], ctxs)
         return us
 

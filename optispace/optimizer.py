@@ -197,9 +197,14 @@ class Optimizer(torch.optim.Optimizer):
         ctxs = [Context(grad=p.grad, param=p, step=s["step"], lr=lr, workspace=self._workspace)
                 for p, s in zip(params, states, strict=True)]
         us = chain.apply_many([p.grad for p in params], states, ctxs)
+        # Context.update for the whole group: the waiting decays, then the steps, one roundings each.
+        todo = [i for i, ctx in enumerate(ctxs) if not ctx.applied]
+        decayed = [i for i in todo if ctxs[i].param_scale != 1.0]
+        if decayed:
+            torch._foreach_mul_([params[i] for i in decayed], [ctxs[i].param_scale for i in decayed])
         by_size: dict[float, list[int]] = {}
-        for i, ctx in enumerate(ctxs):
-            by_size.setdefault(ctx.step_size, []).append(i)
+        for i in todo:
+            by_size.setdefault(ctxs[i].step_size, []).append(i)
         for size, indices in by_size.items():
             torch._foreach_add_([params[i] for i in indices], [us[i] for i in indices], alpha=-size)
         self._workspace.release()
@@ -214,7 +219,8 @@ class Optimizer(torch.optim.Optimizer):
             work = self._workspace.take(tuple(p.shape), p.device).copy_(p)
         ctx = Context(grad=grad, param=work, step=state["step"], lr=lr, workspace=self._workspace)
         u = chain.apply(grad, state, ctx)
-        work.add_(u, alpha=-ctx.step_size)
+        if not ctx.applied:
+            ctx.update(work, u)
         if work is not p:
             p.copy_(work)
         self._workspace.release()

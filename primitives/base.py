@@ -95,6 +95,12 @@ class Context:
     :attr:`Primitive.homogeneous`), so a scalar factor may be folded into ``step_size``.
     ``workspace`` hands out scratch buffers (:meth:`buffer`) that live until the parameter's update
     is applied.
+
+    The update is ``param <- param_scale * param - step_size * u`` (:meth:`update`). ``param_scale``
+    is a decoupled decay not yet applied: a decay may wait for the update (one pass over the
+    parameter instead of two) when ``param_settled``, i.e. no later primitive reads ``param``.
+    ``final`` (set by the optimizer's chain for the last primitive) allows the primitive to make the
+    update itself, e.g. block by block while its direction is in cache; it then sets ``applied``.
     """
 
     grad: torch.Tensor
@@ -104,6 +110,10 @@ class Context:
     step_size: float | None = None
     deferrable: bool = False
     workspace: Workspace | None = None
+    param_scale: float = 1.0
+    param_settled: bool = False
+    final: bool = False
+    applied: bool = False
 
     def __post_init__(self) -> None:
         if self.step_size is None:
@@ -120,6 +130,15 @@ class Context:
             self.step_size *= factor
             return u
         return torch.mul(u, factor, out=self.buffer(u.shape, u.device))
+
+    def update(self, param: torch.Tensor, u: torch.Tensor) -> None:
+        """``param <- param_scale * param - step_size * u`` in place (``param`` may be a block of rows).
+
+        The decay and the step are two roundings, as torch AdamW's ``mul_`` then ``add_``.
+        """
+        if self.param_scale != 1.0:
+            param.mul_(self.param_scale)
+        param.add_(u, alpha=-self.step_size)
 
     def buffer(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
         """A scratch fp32 tensor (uninitialized) for a result this step computes."""
@@ -167,6 +186,8 @@ class Primitive:
     #: True when ``apply(c * u) == c * apply(u)`` for every scalar ``c > 0`` and the state never
     #: stores ``u``: an earlier primitive may then fold a scalar into ``Context.step_size``.
     homogeneous: ClassVar[bool] = False
+    #: True when ``apply`` reads ``ctx.param`` (or changes it): an earlier decay must then be made first.
+    reads_param: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         for field, value in _as_declared_floats(self).items():

@@ -48,6 +48,7 @@ class RelativeStep(Primitive):
 
     name = "relative_step"
     positional = ("eps",)
+    reads_param = True
 
     eps: float = 1e-3
 

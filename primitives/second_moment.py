@@ -107,9 +107,9 @@ class SecondMoment(Primitive):
             return self._divide_full(u, state, beta2, ctx)
         self._accumulate(x.reshape(rows, cols), state, beta2, ctx)
         u2 = u.reshape(rows, cols)
-        out = ctx.buffer((rows, cols), u.device)
         if self.shape == "factored":
-            return self._divide_factored(u2, out, state, beta2, ctx.step).view(u.shape)
+            return self._divide_factored(u2, state, beta2, ctx).view(u.shape)
+        out = ctx.buffer((rows, cols), u.device)
         torch.div(u2, self._eps(self._small_root(state, beta2, ctx.step), self.eps), out=out)
         return out.view(u.shape)
 
@@ -203,17 +203,30 @@ class SecondMoment(Primitive):
             torch.div(_part(u, block), self._eps(den, eps), out=den)
         return ctx.scaled(out, factor)
 
-    def _divide_factored(self, u2: torch.Tensor, out: torch.Tensor, state: dict[str, torch.Tensor],
-                         beta2: float, step: int) -> torch.Tensor:
-        """``out = u / (a[i] b[j] + eps)`` with ``a b = sqrt(r c / s)``, block by block of rows."""
+    def _divide_factored(self, u2: torch.Tensor, state: dict[str, torch.Tensor], beta2: float,
+                         ctx: Context) -> torch.Tensor:
+        """``u / (a[i] b[j] + eps)`` with ``a b = sqrt(r c / s)``, block by block of rows.
+
+        The second of two passes over the gradient (the first made the row and column sums). As
+        the last primitive it also makes the update block by block (``ctx.final``), so the
+        direction never exists whole: the pass reads ``u`` and the parameter and writes the
+        parameter, and its scratch is one block.
+        """
         floor = self.eps if self.eps_mode == "floor" else _TINY
-        row = state["row"].unsqueeze(1).div(self._row_correction(state, beta2, step))
+        row = state["row"].unsqueeze(1).div(self._row_correction(state, beta2, ctx.step))
         row = row.div_(state["total"].clamp(min=floor)).sqrt_()
         col = state["col"].sqrt().unsqueeze(0)
-        for block in row_blocks(*u2.shape, u2.device):
-            den = torch.mul(_part(row, block), col, out=_part(out, block))
-            torch.div(_part(u2, block), self._eps(den, self.eps), out=den)
-        return out
+        blocks = row_blocks(*u2.shape, u2.device)
+        fuse = ctx.final and ctx.param.is_contiguous()
+        out = ctx.buffer(_part(u2, blocks[0]).shape if fuse else u2.shape, u2.device)
+        for block in blocks:
+            part = _part(u2, block)
+            den = torch.mul(_part(row, block), col, out=out[: part.shape[0]] if fuse else _part(out, block))
+            torch.div(part, self._eps(den, self.eps), out=den)
+            if fuse:
+                ctx.update(_part(ctx.param.view(u2.shape), block), den)
+        ctx.applied = fuse
+        return u2 if fuse else out
 
 
 def _part(t: torch.Tensor, block: slice | None) -> torch.Tensor:

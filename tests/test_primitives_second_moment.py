@@ -139,3 +139,29 @@ def test_row_correction_counts_steps_with_a_non_zero_row() -> None:
 ])
 def test_bad_arguments_name_primitive_argument_value_and_what_is_allowed(kwargs, words) -> None:
     assert_refused(SecondMoment, kwargs, words)
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.99])
+def test_factored_as_last_primitive_updates_block_by_block_with_the_same_bits(scale: float) -> None:
+    from primitives import Context, Workspace
+
+    rows, cols = 700, 1000  # three blocks of rows on CPU
+    grad = randn((rows, cols), 0)
+    start = randn((rows, cols), 1)
+    prim = SecondMoment("factored", beta2=0.95)
+    results, scratch = [], []
+    for final in (False, True):
+        param, state, workspace = start.clone(), prim.init_state((rows, cols), grad.device), Workspace()
+        for step in (1, 2):
+            ctx = Context(grad=grad, param=param, step=step, lr=0.1, workspace=workspace, final=final,
+                          param_scale=scale)
+            u = prim.apply(grad, state, ctx)
+            assert ctx.applied is final
+            if not ctx.applied:
+                ctx.update(param, u)
+            scratch.append(max(b.numel() for b in workspace._taken))
+            workspace.release()
+        results.append(param)
+    assert torch.equal(results[0], results[1])
+    # Fused, the scratch is a block of rows and the squares' block, never a table-sized direction.
+    assert max(scratch[2:]) < rows * cols // 2 <= max(scratch[:2])
