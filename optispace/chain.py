@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 import torch
 
-from primitives import REGISTRY, Context, Primitive, StateSpec
+from primitives import REGISTRY, Context, Primitive, PureContext, StateSpec
 
 IDENTITY = "identity"
 
@@ -40,6 +40,10 @@ class Chain:
             if not isinstance(p, Primitive):
                 raise ValueError(f"chain: {p!r} is not a primitive; a chain holds primitives.Primitive "
                                  "objects")
+        # Computed now, not on first use inside torch.compile'd code, which cannot take the lock
+        # functools.cached_property holds while computing.
+        for name in ("state_keys", "_deferrable", "_settled", "structure"):
+            getattr(self, name)
 
     def __str__(self) -> str:
         return " > ".join(_format_primitive(p) for p in self.primitives) or IDENTITY
@@ -92,6 +96,36 @@ class Chain:
             out.append(tail)
             tail = tail and p.homogeneous
         return tuple(reversed(out))
+
+    @property
+    def fusable(self) -> bool:
+        """Has every primitive a pure form (:meth:`pure`), so the chain can be compiled whole?"""
+        return all(p.fusable for p in self.primitives)
+
+    @functools.cached_property
+    def structure(self) -> tuple:
+        """The chain with its numbers left out: chains equal here run the same compiled code."""
+        out = []
+        for p, numbers in zip(self.primitives, self.numbers(), strict=True):
+            words = tuple((k, v) for k, v in p.arguments().items() if k not in numbers)
+            out.append((p.name, words, tuple(numbers)))
+        return tuple(out)
+
+    def numbers(self) -> list[dict[str, float]]:
+        """Per primitive, its numbers (``Primitive.numbers``): what :meth:`pure` takes as tensors."""
+        return [p.numbers() for p in self.primitives]
+
+    def pure(self, u: torch.Tensor, state: dict[str, Any], ctx: PureContext,
+             numbers: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        """:meth:`apply` through every primitive's pure form; ``numbers`` as :meth:`numbers`, as tensors.
+
+        The caller makes the update, ``param <- ctx.param - ctx.step_size * u``.
+        """
+        for p, keys, deferrable, hp in zip(self.primitives, self.state_keys, self._deferrable, numbers,
+                                           strict=True):
+            ctx.deferrable = deferrable
+            u = p.pure(u, {f: state[k] for f, k in keys.items()}, ctx, hp)
+        return u
 
     @functools.cached_property
     def _settled(self) -> tuple[bool, ...]:

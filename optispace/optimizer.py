@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from optispace import fused as fused_step
 from optispace.chain import Chain, parse_chain
 from optispace.recipes import Recipe, check_lr, get_recipe
 from optispace.roles import ROLES, Override, assign_roles, check_role
@@ -95,7 +96,8 @@ class Optimizer(torch.optim.Optimizer):
     def __init__(
         self, model_or_params: nn.Module | Iterable, recipe: RecipeSpec = "adamw", *,
         lr: float | None = None, role_lr: Mapping[str, float] | None = None,
-        roles: Override | None = None, foreach: bool | None = None, **hyperparameters: Any,
+        roles: Override | None = None, foreach: bool | None = None, fused: bool | None = None,
+        **hyperparameters: Any,
     ) -> None:
         if isinstance(model_or_params, nn.Module):
             _refuse_sparse(model_or_params)
@@ -107,11 +109,12 @@ class Optimizer(torch.optim.Optimizer):
         chains, lrs, hp = resolve_recipe(recipe, present, lr, role_lr, hyperparameters)
         if not present:
             raise ValueError("optimizer: no trainable parameters (none requires a gradient)")
+        _check_fused(fused, foreach, next(iter(assigned.values()))[1].device)
         self._workspace = Workspace()
         self._chains: dict[str, Chain] = {}
         groups = [{"params": by_role[role], "role": role, "chain": chains[role], "lr": lrs[role], **hp}
                   for role in present]
-        super().__init__(groups, {"foreach": foreach})
+        super().__init__(groups, {"foreach": foreach, "fused": fused})
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """torch's, for a group with ``role``, ``chain`` (text or Chain) and ``lr``.
@@ -170,7 +173,9 @@ class Optimizer(torch.optim.Optimizer):
             if any(p.grad.is_sparse for p in params):
                 raise ValueError("optispace.Optimizer does not take sparse gradients (as from "
                                  "nn.Embedding(sparse=True))")
-            if _grouped(params, group["foreach"]):
+            if group["fused"] and chain.fusable and params and len({p.device for p in params}) == 1:
+                self._step_fused(params, chain, group["lr"])
+            elif _grouped(params, group["foreach"]):
                 self._step_many(params, chain, group["lr"])
             else:
                 for p in params:
@@ -188,6 +193,13 @@ class Optimizer(torch.optim.Optimizer):
         if chain is None:
             chain = self._chains[text] = parse_chain(text)
         return chain
+
+    def _step_fused(self, params: list[torch.Tensor], chain: Chain, lr: float) -> None:
+        """One step for parameters on one device through the chain's compiled pure update."""
+        states = [self.state[p] for p in params]
+        for state in states:
+            state["step"] += 1
+        fused_step.step(chain, params, states, lr)
 
     def _step_many(self, params: list[torch.Tensor], chain: Chain, lr: float) -> None:
         """One step for fp32 parameters on one device, with multi-tensor (foreach) operations."""
@@ -260,6 +272,15 @@ def _grouped(params: list[torch.Tensor], foreach: bool | None) -> bool:
     if foreach is None and device.type == "cpu" and any(p.numel() > _SMALL_CPU_TENSOR for p in params):
         return False
     return all(p.device == device and p.dtype == p.grad.dtype == torch.float32 for p in params)
+
+
+def _check_fused(fused: bool | None, foreach: bool | None, device: torch.device) -> None:
+    """``ValueError`` for ``fused=True`` with ``foreach=True`` (as torch) or where compile cannot run."""
+    if fused and foreach:
+        raise ValueError("fused=True and foreach=True cannot be given together (as in torch); pick one")
+    reason = fused_step.unavailable(device) if fused else None
+    if reason is not None:
+        raise ValueError(f"fused=True needs torch.compile, which cannot run here: {reason}")
 
 
 def _refuse_sparse(model: nn.Module) -> None:

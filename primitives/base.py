@@ -147,6 +147,34 @@ class Context:
         return self.workspace.take(tuple(shape), device)
 
 
+@dataclass
+class PureContext:
+    """What a primitive's :meth:`Primitive.pure` reads: :class:`Context` with every number a tensor.
+
+    ``step``, ``lr`` and ``step_size`` are 0-d tensors, so code compiled for one chain runs any
+    chain of the same structure (different lrs, betas, step counts) without recompiling. They are
+    float64, as the Python floats of :class:`Context`: in float32, ``1 - beta2`` of 0.999 would be
+    off by 1.3e-5 of itself.
+    ``param`` is the parameter's fp32 value as the chain has left it so far (a decoupled decay
+    replaces it by the decayed value, functionally); the update is ``param - step_size * u``.
+    ``deferrable`` is :class:`Context`'s: a scalar factor may ride on ``step_size``.
+    """
+
+    grad: torch.Tensor
+    param: torch.Tensor
+    step: torch.Tensor
+    lr: torch.Tensor
+    step_size: torch.Tensor
+    deferrable: bool = False
+
+    def scaled(self, u: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+        """``factor * u``, folded into ``step_size`` when no later primitive would see the difference."""
+        if self.deferrable:
+            self.step_size = self.step_size * factor
+            return u
+        return u * factor
+
+
 def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
     """The (rows, columns) view every shape-aware primitive uses.
 
@@ -225,6 +253,28 @@ class Primitive:
         one kernel for all the tensors of a group on an accelerator instead of one per tensor.
         """
         return [self.apply(u, s, c) for u, s, c in zip(us, states, ctxs, strict=True)]
+
+    @property
+    def fusable(self) -> bool:
+        """Has this primitive a :meth:`pure` form (so a chain of such can be compiled whole)?"""
+        return type(self).pure is not Primitive.pure
+
+    def numbers(self) -> dict[str, float]:
+        """The float arguments that are set (``beta``, ``eps``, ...): what :meth:`pure` takes as tensors.
+
+        Everything else (words, flags, integers, ``None``) is the primitive's structure.
+        """
+        return {name: getattr(self, name) for name, is_tuple in _float_fields(type(self))
+                if not is_tuple and getattr(self, name) is not None}
+
+    def pure(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: PureContext,
+             hp: dict[str, torch.Tensor]) -> torch.Tensor:
+        """:meth:`apply` as tensor operations only, with :meth:`numbers` given as 0-d float64 tensors ``hp``.
+
+        No branch on a number and no ``.item()``: ``torch.compile`` traces it once per structure.
+        State may be updated in place; the parameter is not (see :class:`PureContext`).
+        """
+        raise NotImplementedError(f"{self.name} has no pure form")
 
     def arguments(self) -> dict[str, Any]:
         """The fields as a name -> value mapping, in declaration order."""

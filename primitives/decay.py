@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from primitives.base import Context, Primitive, check_finite, register
+from primitives.base import Context, Primitive, PureContext, check_finite, register
 
 
 @register
@@ -49,6 +49,11 @@ class WeightDecay(Primitive):
             torch._foreach_mul_([c.param for c in ctxs], [1.0 - c.lr * self.rate for c in ctxs])
         return us
 
+    def pure(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: PureContext,
+             hp: dict[str, torch.Tensor]) -> torch.Tensor:
+        ctx.param = ctx.param * (1.0 - ctx.lr * hp["rate"])
+        return u
+
 
 @register
 @dataclass(frozen=True)
@@ -76,5 +81,12 @@ class L2(Primitive):
             u = torch.add(u, ctx.param, alpha=self.rate, out=ctx.buffer(u.shape, u.device))
         else:
             u = grad
+        ctx.grad = grad
+        return u
+
+    def pure(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: PureContext,
+             hp: dict[str, torch.Tensor]) -> torch.Tensor:
+        grad = ctx.grad + hp["rate"] * ctx.param
+        u = grad if u is ctx.grad else u + hp["rate"] * ctx.param
         ctx.grad = grad
         return u

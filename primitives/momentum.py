@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from primitives.base import Context, Primitive, StateSpec, check_arg, register
+from primitives.base import Context, Primitive, PureContext, StateSpec, check_arg, register
 
 KINDS = ("ema", "heavy_ball", "lion")
 
@@ -126,3 +126,20 @@ class Momentum(Primitive):
         if self.bias_correction is False:
             return ms
         return [c.scaled(m, 1.0 / (1.0 - self.beta**c.step)) for m, c in zip(ms, ctxs, strict=True)]
+
+    def pure(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: PureContext,
+             hp: dict[str, torch.Tensor]) -> torch.Tensor:
+        m, beta = state["m"], hp["beta"]
+        if self.kind == "lion":
+            out = beta * m + (1.0 - beta) * u
+            m.copy_(hp["beta2"] * m + (1.0 - hp["beta2"]) * u)
+            return out
+        if self.kind == "heavy_ball":
+            m.copy_(torch.where(ctx.step == 1.0, u, beta * m + (1.0 - hp["dampening"]) * u))
+            return u + beta * m if self.nesterov else m
+        m.lerp_(u, 1.0 - beta)
+        if self.nesterov:
+            return torch.lerp(u, m, beta)
+        if self.bias_correction is False:
+            return m
+        return ctx.scaled(m, 1.0 / (1.0 - beta**ctx.step))

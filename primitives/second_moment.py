@@ -27,7 +27,16 @@ from dataclasses import dataclass
 
 import torch
 
-from primitives.base import Context, Primitive, StateSpec, check_arg, check_finite, matrix_shape, register
+from primitives.base import (
+    Context,
+    Primitive,
+    PureContext,
+    StateSpec,
+    check_arg,
+    check_finite,
+    matrix_shape,
+    register,
+)
 from primitives.momentum import check_beta
 
 SHAPES = ("full", "row", "col", "factored", "scalar")
@@ -131,6 +140,47 @@ class SecondMoment(Primitive):
             torch._foreach_clamp_min_(dens, [self.eps * f for f in factors])
         outs = torch._foreach_div(us, dens)
         return [c.scaled(o, f) for o, c, f in zip(outs, ctxs, factors, strict=True)]
+
+    @property
+    def fusable(self) -> bool:  # type: ignore[override]
+        return self.bias_correction != "row"
+
+    def pure(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: PureContext,
+             hp: dict[str, torch.Tensor]) -> torch.Tensor:
+        """:meth:`apply` on tensors: the statistics, then ``u / den`` (see the module docstring)."""
+        beta2 = hp["beta2"] if self.beta2_decay is None else 1.0 - ctx.step ** hp["beta2_decay"]
+        corrected = self.bias_correction == "step" and self.beta2_decay is None
+        correction = 1.0 - beta2**ctx.step if corrected else torch.ones_like(ctx.step)
+        x = ctx.grad if self.source == "grad" else u
+        rows, cols = matrix_shape(tuple(u.shape))
+        if self.shape == "full":
+            state["v"].copy_(state["v"] * beta2 + (1.0 - beta2) * x * x)
+            factor = correction.sqrt()
+            den = self._pure_eps(state["v"].sqrt(), hp["eps"] * factor)
+            return ctx.scaled(u / den, factor)
+        x2 = x.reshape(rows, cols).square()
+        if self.shape in ("row", "factored"):
+            state["row"].lerp_(x2.sum(dim=1) / cols, 1.0 - beta2)
+        if self.shape in ("col", "factored"):
+            state["col"].lerp_(x2.sum(dim=0) / rows, 1.0 - beta2)
+        if self.shape in ("scalar", "factored"):
+            # the mean of the row means, as apply() computes it
+            state["total"].lerp_((x2.sum(dim=1) / cols).mean(), 1.0 - beta2)
+        if self.shape == "factored":
+            floor = self.eps if self.eps_mode == "floor" else _TINY
+            row = (state["row"] / correction / state["total"].clamp(min=floor)).sqrt().unsqueeze(1)
+            root = row * state["col"].sqrt().unsqueeze(0)
+        elif self.shape == "row":
+            root = (state["row"] / correction).sqrt().unsqueeze(1)
+        elif self.shape == "col":
+            root = (state["col"] / correction).sqrt().unsqueeze(0)
+        else:
+            root = (state["total"] / correction).sqrt()
+        return (u.reshape(rows, cols) / self._pure_eps(root, hp["eps"])).view(u.shape)
+
+    def _pure_eps(self, root: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """``root + eps`` or ``max(root, eps)``, out of place."""
+        return root + eps if self.eps_mode == "add" else torch.maximum(root, eps)
 
     def _beta2(self, step: int) -> float:
         if self.beta2_decay is None:

@@ -1,0 +1,81 @@
+"""The fused step: a chain's pure update over every tensor of a group, compiled by ``torch.compile``.
+
+``Optimizer(..., fused=True)`` steps a group whose chain is fusable (every primitive has a pure
+form) through :func:`step`: one compiled function per (chain structure, layout of the group's
+tensors: shapes, dtypes, device), in which the hyperparameters (``Chain.numbers``), the lr and
+every parameter's step count come in as 0-d tensors. Chains that differ only in numbers (the
+trials of a search over lrs and betas) therefore run the same compiled code, without recompiling;
+inductor fuses each parameter's whole update into one loop over its elements (C++ on CPU, Triton
+on CUDA), as torch's ``fused=True`` kernels do. The numbers are float64 so that the scalar factors
+(``1 - beta2``, bias corrections, ``1 - lr * rate``) are the eager step's; what remains is how the
+compiler orders and contracts the float32 element arithmetic (``tests/test_fused.py`` states the
+tolerance).
+"""
+
+from __future__ import annotations
+
+import shutil
+import types
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from optispace.chain import Chain
+from primitives import PureContext
+
+#: The ``torch.compile`` backend; ``None`` runs the pure update uncompiled (tests check its math
+#: that way, and count compilations with a counting backend here).
+BACKEND: Any = "inductor"
+_COMPILED: dict[tuple, tuple[Chain, Callable]] = {}
+
+
+def unavailable(device: torch.device) -> str | None:
+    """Why ``torch.compile`` cannot run the fused step on ``device``, or ``None`` when it can."""
+    try:
+        torch._dynamo.eval_frame.check_if_dynamo_supported()
+    except RuntimeError as e:
+        return str(e)
+    if device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "clang++", "c++")):
+        return "torch.compile needs a C++ compiler on CPU and none is on the PATH"
+    return None
+
+
+def step(chain: Chain, params: list[torch.Tensor], states: list[dict[str, Any]], lr: float) -> None:
+    """One step of ``chain`` for ``params`` (with gradients, on one device) and their state.
+
+    Each state's ``step`` count is already advanced; the tensor state is updated in place.
+    """
+    device = params[0].device
+    key = (chain.structure, tuple((tuple(p.shape), p.dtype, p.grad.dtype) for p in params), device)
+    if key not in _COMPILED:
+        code = _own_code(_update, len(_COMPILED))
+        _COMPILED[key] = (chain, code if BACKEND is None else
+                          torch.compile(code, backend=BACKEND, fullgraph=True, dynamic=False))
+    representative, compiled = _COMPILED[key]
+
+    def number(value: float) -> torch.Tensor:
+        return torch.tensor(value, dtype=torch.float64, device=device)
+
+    names = [name for keys in chain.state_keys for name in keys.values()]
+    compiled(representative, params, [p.grad for p in params], [{k: s[k] for k in names} for s in states],
+             torch.tensor([s["step"] for s in states], dtype=torch.float64, device=device), number(lr),
+             [{k: number(v) for k, v in hp.items()} for hp in chain.numbers()])
+
+
+def _update(chain: Chain, params: list[torch.Tensor], grads: list[torch.Tensor],
+            states: list[dict[str, torch.Tensor]], steps: torch.Tensor, lr: torch.Tensor,
+            numbers: list[dict[str, torch.Tensor]]) -> None:
+    """``p <- p' - step_size * chain(g)`` for every parameter, ``p'`` the parameter as the chain left it."""
+    for i, p in enumerate(params):
+        grad = grads[i].float()
+        ctx = PureContext(grad=grad, param=p.float(), step=steps[i], lr=lr, step_size=lr)
+        u = chain.pure(grad, states[i], ctx, numbers)
+        p.copy_(ctx.param - ctx.step_size * u)
+
+
+def _own_code(fn: types.FunctionType, n: int) -> types.FunctionType:
+    """``fn`` with a code object of its own: dynamo keeps its compiled entries per code object, and
+    a study's many (structure, layout) pairs would otherwise exhaust one object's recompile limit."""
+    code = fn.__code__.replace(co_name=f"{fn.__name__}_{n}")
+    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
