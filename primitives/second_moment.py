@@ -114,10 +114,13 @@ class SecondMoment(Primitive):
         if self.shape == "full":
             state["v"].mul_(beta2).addcmul_(x, x, value=1.0 - beta2)
             return self._divide_full(u, state, beta2, ctx)
-        self._accumulate(x.reshape(rows, cols), state, beta2, ctx)
+        # Rows of a zero direction need no update (exactly: p - s * 0 = p) unless a decay waits.
+        sparse = (self.shape == "factored" and u is ctx.grad and ctx.final and ctx.param_scale == 1.0
+                  and ctx.param.is_contiguous())
+        touched = self._accumulate(x.reshape(rows, cols), state, beta2, ctx, sparse)
         u2 = u.reshape(rows, cols)
         if self.shape == "factored":
-            return self._divide_factored(u2, state, beta2, ctx).view(u.shape)
+            return self._divide_factored(u2, state, beta2, ctx, touched).view(u.shape)
         out = ctx.buffer((rows, cols), u.device)
         torch.div(u2, self._eps(self._small_root(state, beta2, ctx.step), self.eps), out=out)
         return out.view(u.shape)
@@ -205,22 +208,28 @@ class SecondMoment(Primitive):
         return root.add_(eps) if self.eps_mode == "add" else root.clamp_(min=eps)
 
     def _accumulate(self, x2: torch.Tensor, state: dict[str, torch.Tensor], beta2: float,
-                    ctx: Context) -> None:
-        """Move the running statistics of the row, col, factored and scalar shapes towards ``x^2``."""
+                    ctx: Context, touched: bool = False) -> torch.Tensor | None:
+        """Move the running statistics of the row, col, factored and scalar shapes towards ``x^2``.
+
+        With ``touched``, also return which rows of ``x2`` have an entry other than 0 (see
+        :func:`square_sums`).
+        """
         rows, cols = x2.shape
+        seen = None
         if self.shape == "scalar":
             state["total"].lerp_(torch.linalg.vector_norm(x2).square_().div_(rows * cols), 1.0 - beta2)
-            return
+            return seen
         if self.shape == "row":
             row_sq = torch.linalg.vector_norm(x2, dim=1).square_()
         else:
-            row_sq, col_sq = square_sums(x2, ctx)
+            row_sq, col_sq, seen = square_sums(x2, ctx, touched)
         if self.shape in ("row", "factored"):
             state["row"].lerp_(row_sq.div_(cols), 1.0 - beta2)
         if self.shape == "factored":
             state["total"].lerp_(row_sq.mean(), 1.0 - beta2)
         if self.shape in ("col", "factored"):
             state["col"].lerp_(col_sq.div_(rows), 1.0 - beta2)
+        return seen
 
     def _small_root(self, state: dict[str, torch.Tensor], beta2: float, step: int) -> torch.Tensor:
         """``sqrt(v_hat)`` of the row, col and scalar shapes, broadcastable to (rows, columns)."""
@@ -254,13 +263,15 @@ class SecondMoment(Primitive):
         return ctx.scaled(out, factor)
 
     def _divide_factored(self, u2: torch.Tensor, state: dict[str, torch.Tensor], beta2: float,
-                         ctx: Context) -> torch.Tensor:
+                         ctx: Context, touched: torch.Tensor | None) -> torch.Tensor:
         """``u / (a[i] b[j] + eps)`` with ``a b = sqrt(r c / s)``, block by block of rows.
 
         The second of two passes over the gradient (the first made the row and column sums). As
         the last primitive it also makes the update block by block (``ctx.final``), so the
         direction never exists whole: the pass reads ``u`` and the parameter and writes the
-        parameter, and its scratch is one block.
+        parameter, and its scratch is one block. ``touched`` (rows whose ``u`` is not all zero,
+        given when no decay waits): the other rows are left alone, since their update
+        ``p - s * 0 / den`` is ``p`` exactly; their statistics have already decayed.
         """
         floor = self.eps if self.eps_mode == "floor" else _TINY
         row = state["row"].unsqueeze(1).div(self._row_correction(state, beta2, ctx.step))
@@ -270,13 +281,29 @@ class SecondMoment(Primitive):
         fuse = ctx.final and ctx.param.is_contiguous()
         out = ctx.buffer(_part(u2, blocks[0]).shape if fuse else u2.shape, u2.device)
         for block in blocks:
-            part = _part(u2, block)
+            part, param = _part(u2, block), _part(ctx.param.view(u2.shape), block) if fuse else None
+            some = None if touched is None else _part(touched, block).nonzero().squeeze(1)
+            if some is not None and 2 * some.numel() < part.shape[0]:
+                self._update_rows(part, _part(row, block), col, param, some, ctx)
+                continue
             den = torch.mul(_part(row, block), col, out=out[: part.shape[0]] if fuse else _part(out, block))
             torch.div(part, self._eps(den, self.eps), out=den)
             if fuse:
-                ctx.update(_part(ctx.param.view(u2.shape), block), den)
+                ctx.update(param, den)
         ctx.applied = fuse
         return u2 if fuse else out
+
+    def _update_rows(self, u2: torch.Tensor, row: torch.Tensor, col: torch.Tensor, param: torch.Tensor,
+                     some: torch.Tensor, ctx: Context) -> None:
+        """The factored update of rows ``some`` of a block only: the same operations on those rows."""
+        if some.numel() == 0:
+            return
+        shape = (some.numel(), u2.shape[1])
+        den = torch.mul(row.index_select(0, some), col, out=ctx.buffer(shape, u2.device))
+        torch.div(u2.index_select(0, some), self._eps(den, self.eps), out=den)
+        rows = torch.index_select(param, 0, some, out=ctx.buffer(shape, u2.device))
+        ctx.update(rows, den)
+        param.index_copy_(0, some, rows)
 
 
 def _part(t: torch.Tensor, block: slice | None) -> torch.Tensor:
@@ -296,11 +323,18 @@ def row_blocks(rows: int, cols: int, device: torch.device) -> list[slice | None]
     return [slice(lo, min(lo + step, rows)) for lo in range(0, rows, step)]
 
 
-def square_sums(x2: torch.Tensor, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row sums and column sums of ``x2 ** 2`` in one pass over ``x2`` (squares made per block)."""
+def square_sums(x2: torch.Tensor, ctx: Context,
+                touched: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Row sums and column sums of ``x2 ** 2`` in one pass over ``x2`` (squares made per block).
+
+    With ``touched``, also which rows have an entry other than 0 (NaN included), from the largest
+    ``|x|`` of each row while its block is in cache: a zero row sum would not do, since squares
+    below ~1e-45 underflow to 0.
+    """
     rows, cols = x2.shape
     row_sq = torch.empty(rows, device=x2.device)
     col_sq = torch.zeros(cols, device=x2.device)
+    largest = torch.empty(rows, device=x2.device) if touched else None
     blocks = row_blocks(rows, cols, x2.device)
     scratch = ctx.buffer(_part(x2, blocks[0]).shape, x2.device)
     for block in blocks:
@@ -308,4 +342,6 @@ def square_sums(x2: torch.Tensor, ctx: Context) -> tuple[torch.Tensor, torch.Ten
         sq = torch.square(part, out=scratch[: part.shape[0]])
         torch.sum(sq, dim=1, out=_part(row_sq, block))
         col_sq.add_(sq.sum(dim=0))
-    return row_sq, col_sq
+        if largest is not None:
+            torch.linalg.vector_norm(part, ord=math.inf, dim=1, out=_part(largest, block))
+    return row_sq, col_sq, None if largest is None else largest != 0
