@@ -112,16 +112,20 @@ class Chain:
         return tuple(out)
 
     def numbers(self) -> list[dict[str, float]]:
-        """Per primitive, its numbers (``Primitive.numbers``): what :meth:`pure` takes as tensors."""
+        """Per primitive, its numbers (``Primitive.numbers``): what is left out of :attr:`structure`."""
         return [p.numbers() for p in self.primitives]
 
+    def scalars(self, step: int, lr: float) -> list[dict[str, float]]:
+        """Per primitive, the numbers its pure form uses at ``step`` (``Primitive.scalars``)."""
+        return [p.scalars(step, lr) for p in self.primitives]
+
     def pure(self, u: torch.Tensor, state: dict[str, Any], ctx: PureContext,
-             numbers: list[dict[str, torch.Tensor]]) -> torch.Tensor:
-        """:meth:`apply` through every primitive's pure form; ``numbers`` as :meth:`numbers`, as tensors.
+             scalars: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        """:meth:`apply` through every primitive's pure form; ``scalars`` as :meth:`scalars`, as tensors.
 
         The caller makes the update, ``param <- ctx.param - ctx.step_size * u``.
         """
-        for p, keys, deferrable, hp in zip(self.primitives, self.state_keys, self._deferrable, numbers,
+        for p, keys, deferrable, hp in zip(self.primitives, self.state_keys, self._deferrable, scalars,
                                            strict=True):
             ctx.deferrable = deferrable
             u = p.pure(u, {f: state[k] for f, k in keys.items()}, ctx, hp)

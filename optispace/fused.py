@@ -2,12 +2,12 @@
 
 ``Optimizer(..., fused=True)`` steps a group whose chain is fusable (every primitive has a pure
 form) through :func:`step`: one compiled function per (chain structure, layout of the group's
-tensors: shapes, dtypes, device), in which the hyperparameters (``Chain.numbers``), the lr and
-every parameter's step count come in as 0-d tensors. Chains that differ only in numbers (the
+tensors: shapes, dtypes, device), in which the lr and each primitive's scalars at each parameter's
+step (``Chain.scalars``: ``1 - beta2``, bias corrections, ``1 - lr * rate``, made in Python floats
+as the eager step makes them) come in as float64 tensors. Chains that differ only in numbers (the
 trials of a search over lrs and betas) therefore run the same compiled code, without recompiling;
 inductor fuses each parameter's whole update into one loop over its elements (C++ on CPU, Triton
-on CUDA), as torch's ``fused=True`` kernels do. The numbers are float64 so that the scalar factors
-(``1 - beta2``, bias corrections, ``1 - lr * rate``) are the eager step's; what remains is how the
+on CUDA), as torch's ``fused=True`` kernels do. What differs from the eager step is how the
 compiler orders and contracts the float32 element arithmetic (``tests/test_fused.py`` states the
 tolerance).
 """
@@ -54,23 +54,28 @@ def step(chain: Chain, params: list[torch.Tensor], states: list[dict[str, Any]],
                           torch.compile(code, backend=BACKEND, fullgraph=True, dynamic=False))
     representative, compiled = _COMPILED[key]
 
-    def number(value: float) -> torch.Tensor:
-        return torch.tensor(value, dtype=torch.float64, device=device)
-
     names = [name for keys in chain.state_keys for name in keys.values()]
     compiled(representative, params, [p.grad for p in params], [{k: s[k] for k in names} for s in states],
-             torch.tensor([s["step"] for s in states], dtype=torch.float64, device=device), number(lr),
-             [{k: number(v) for k, v in hp.items()} for hp in chain.numbers()])
+             torch.tensor(lr, dtype=torch.float64, device=device), _scalars(chain, states, lr, device))
+
+
+def _scalars(chain: Chain, states: list[dict[str, Any]], lr: float,
+             device: torch.device) -> list[dict[str, torch.Tensor]]:
+    """Per primitive, name -> a float64 tensor of that scalar for each parameter (its own step)."""
+    by_step = {s["step"]: chain.scalars(s["step"], lr) for s in states}
+    each = [by_step[s["step"]] for s in states]
+    return [{name: torch.tensor([e[j][name] for e in each], dtype=torch.float64, device=device)
+             for name in first} for j, first in enumerate(each[0])]
 
 
 def _update(chain: Chain, params: list[torch.Tensor], grads: list[torch.Tensor],
-            states: list[dict[str, torch.Tensor]], steps: torch.Tensor, lr: torch.Tensor,
-            numbers: list[dict[str, torch.Tensor]]) -> None:
+            states: list[dict[str, torch.Tensor]], lr: torch.Tensor,
+            scalars: list[dict[str, torch.Tensor]]) -> None:
     """``p <- p' - step_size * chain(g)`` for every parameter, ``p'`` the parameter as the chain left it."""
     for i, p in enumerate(params):
         grad = grads[i].float()
-        ctx = PureContext(grad=grad, param=p.float(), step=steps[i], lr=lr, step_size=lr)
-        u = chain.pure(grad, states[i], ctx, numbers)
+        ctx = PureContext(grad=grad, param=p.float(), lr=lr, step_size=lr)
+        u = chain.pure(grad, states[i], ctx, [{k: t[i] for k, t in hp.items()} for hp in scalars])
         p.copy_(ctx.param - ctx.step_size * u)
 
 

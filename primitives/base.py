@@ -151,18 +151,17 @@ class Context:
 class PureContext:
     """What a primitive's :meth:`Primitive.pure` reads: :class:`Context` with every number a tensor.
 
-    ``step``, ``lr`` and ``step_size`` are 0-d tensors, so code compiled for one chain runs any
-    chain of the same structure (different lrs, betas, step counts) without recompiling. They are
-    float64, as the Python floats of :class:`Context`: in float32, ``1 - beta2`` of 0.999 would be
-    off by 1.3e-5 of itself.
-    ``param`` is the parameter's fp32 value as the chain has left it so far (a decoupled decay
-    replaces it by the decayed value, functionally); the update is ``param - step_size * u``.
-    ``deferrable`` is :class:`Context`'s: a scalar factor may ride on ``step_size``.
+    ``lr`` and ``step_size`` are 0-d float64 tensors, so code compiled for one chain runs any chain
+    of the same structure (other lrs, betas, step counts) without recompiling, and so the scalars
+    are :class:`Context`'s Python floats to the bit (in float32, ``1 - beta2`` of 0.999 would be off
+    by 1.3e-5 of itself). ``param`` is the parameter's fp32 value as the chain has left it so far
+    (a decoupled decay replaces it by the decayed value, functionally); the update is
+    ``param - step_size * u``. ``deferrable`` is :class:`Context`'s: a scalar factor may ride on
+    ``step_size``.
     """
 
     grad: torch.Tensor
     param: torch.Tensor
-    step: torch.Tensor
     lr: torch.Tensor
     step_size: torch.Tensor
     deferrable: bool = False
@@ -267,9 +266,17 @@ class Primitive:
         return {name: getattr(self, name) for name, is_tuple in _float_fields(type(self))
                 if not is_tuple and getattr(self, name) is not None}
 
+    def scalars(self, step: int, lr: float) -> dict[str, float]:
+        """The numbers :meth:`pure` uses at this step (bias corrections, ``1 - beta``, ...), made
+        with the Python float arithmetic :meth:`apply` uses; by default :meth:`numbers`.
+
+        They are made outside compiled code because there each would be made again for every
+        vector of elements (a ``pow`` per 8 floats); and the same names at every step and lr."""
+        return self.numbers()
+
     def pure(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: PureContext,
              hp: dict[str, torch.Tensor]) -> torch.Tensor:
-        """:meth:`apply` as tensor operations only, with :meth:`numbers` given as 0-d float64 tensors ``hp``.
+        """:meth:`apply` as tensor operations only, with :meth:`scalars` given as 0-d float64 ``hp``.
 
         No branch on a number and no ``.item()``: ``torch.compile`` traces it once per structure.
         State may be updated in place; the parameter is not (see :class:`PureContext`).

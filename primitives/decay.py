@@ -49,9 +49,12 @@ class WeightDecay(Primitive):
             torch._foreach_mul_([c.param for c in ctxs], [1.0 - c.lr * self.rate for c in ctxs])
         return us
 
+    def scalars(self, step: int, lr: float) -> dict[str, float]:
+        return {"scale": 1.0 - lr * self.rate}
+
     def pure(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: PureContext,
              hp: dict[str, torch.Tensor]) -> torch.Tensor:
-        ctx.param = ctx.param * (1.0 - ctx.lr * hp["rate"])
+        ctx.param = ctx.param * hp["scale"]
         return u
 
 

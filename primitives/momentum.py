@@ -127,19 +127,29 @@ class Momentum(Primitive):
             return ms
         return [c.scaled(m, 1.0 / (1.0 - self.beta**c.step)) for m, c in zip(ms, ctxs, strict=True)]
 
+    def scalars(self, step: int, lr: float) -> dict[str, float]:
+        out = {"beta": self.beta, "rate": 1.0 - self.beta}
+        if self.kind == "lion":
+            out |= {"beta2": self.beta2, "rate2": 1.0 - self.beta2}
+        elif self.kind == "heavy_ball":
+            out |= {"first": float(step == 1), "take": 1.0 - self.dampening}
+        elif not self.nesterov and self.bias_correction is not False:
+            out["correction"] = 1.0 / (1.0 - self.beta**step)
+        return out
+
     def pure(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: PureContext,
              hp: dict[str, torch.Tensor]) -> torch.Tensor:
         m, beta = state["m"], hp["beta"]
         if self.kind == "lion":
-            out = beta * m + (1.0 - beta) * u
-            m.copy_(hp["beta2"] * m + (1.0 - hp["beta2"]) * u)
+            out = m * beta + hp["rate"] * u
+            m.copy_(m * hp["beta2"] + hp["rate2"] * u)
             return out
         if self.kind == "heavy_ball":
-            m.copy_(torch.where(ctx.step == 1.0, u, beta * m + (1.0 - hp["dampening"]) * u))
+            m.copy_(torch.where(hp["first"] > 0.0, u, m * beta + hp["take"] * u))
             return u + beta * m if self.nesterov else m
-        m.lerp_(u, 1.0 - beta)
+        m.lerp_(u, hp["rate"])
         if self.nesterov:
             return torch.lerp(u, m, beta)
         if self.bias_correction is False:
             return m
-        return ctx.scaled(m, 1.0 / (1.0 - beta**ctx.step))
+        return ctx.scaled(m, hp["correction"])

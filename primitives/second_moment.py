@@ -148,37 +148,41 @@ class SecondMoment(Primitive):
     def fusable(self) -> bool:  # type: ignore[override]
         return self.bias_correction != "row"
 
+    def scalars(self, step: int, lr: float) -> dict[str, float]:
+        beta2 = self._beta2(step)
+        correction = self._correction(beta2, step)
+        factor = math.sqrt(correction)
+        return {"beta2": beta2, "rate": 1.0 - beta2, "correction": correction, "factor": factor,
+                "eps": self.eps, "eps_factor": self.eps * factor}
+
     def pure(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: PureContext,
              hp: dict[str, torch.Tensor]) -> torch.Tensor:
         """:meth:`apply` on tensors: the statistics, then ``u / den`` (see the module docstring)."""
-        beta2 = hp["beta2"] if self.beta2_decay is None else 1.0 - ctx.step ** hp["beta2_decay"]
-        corrected = self.bias_correction == "step" and self.beta2_decay is None
-        correction = 1.0 - beta2**ctx.step if corrected else torch.ones_like(ctx.step)
         x = ctx.grad if self.source == "grad" else u
         rows, cols = matrix_shape(tuple(u.shape))
         if self.shape == "full":
-            state["v"].copy_(state["v"] * beta2 + (1.0 - beta2) * x * x)
-            factor = correction.sqrt()
-            den = self._pure_eps(state["v"].sqrt(), hp["eps"] * factor)
-            return ctx.scaled(u / den, factor)
-        x2 = x.reshape(rows, cols).square()
-        if self.shape in ("row", "factored"):
-            state["row"].lerp_(x2.sum(dim=1) / cols, 1.0 - beta2)
-        if self.shape in ("col", "factored"):
-            state["col"].lerp_(x2.sum(dim=0) / rows, 1.0 - beta2)
-        if self.shape in ("scalar", "factored"):
-            # the mean of the row means, as apply() computes it
-            state["total"].lerp_((x2.sum(dim=1) / cols).mean(), 1.0 - beta2)
+            state["v"].copy_(state["v"] * hp["beta2"] + hp["rate"] * x * x)
+            den = self._pure_eps(state["v"].sqrt(), hp["eps_factor"])
+            return ctx.scaled(u / den, hp["factor"])
         if self.shape == "factored":
             floor = self.eps if self.eps_mode == "floor" else _TINY
-            row = (state["row"] / correction / state["total"].clamp(min=floor)).sqrt().unsqueeze(1)
-            root = row * state["col"].sqrt().unsqueeze(0)
-        elif self.shape == "row":
-            root = (state["row"] / correction).sqrt().unsqueeze(1)
+            row, col = torch.ops.optispace.factored_roots(x.reshape(rows, cols), state["row"], state["col"],
+                                                          state["total"], hp["rate"], hp["correction"], floor)
+            return (u.reshape(rows, cols) / self._pure_eps(row * col, hp["eps"])).view(u.shape)
+        x2 = x.reshape(rows, cols).square()
+        row_mean = x2.sum(dim=1) / cols
+        if self.shape == "row":
+            state["row"].lerp_(row_mean, hp["rate"])
+        if self.shape == "col":
+            state["col"].lerp_(x2.sum(dim=0) / rows, hp["rate"])
+        if self.shape == "scalar":
+            state["total"].lerp_(row_mean.mean(), hp["rate"])  # the mean of the row means, as apply()
+        if self.shape == "row":
+            root = (state["row"] / hp["correction"]).sqrt().unsqueeze(1)
         elif self.shape == "col":
-            root = (state["col"] / correction).sqrt().unsqueeze(0)
+            root = (state["col"] / hp["correction"]).sqrt().unsqueeze(0)
         else:
-            root = (state["total"] / correction).sqrt()
+            root = (state["total"] / hp["correction"]).sqrt()
         return (u.reshape(rows, cols) / self._pure_eps(root, hp["eps"])).view(u.shape)
 
     def _pure_eps(self, root: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -219,15 +223,15 @@ class SecondMoment(Primitive):
         if self.shape == "scalar":
             state["total"].lerp_(torch.linalg.vector_norm(x2).square_().div_(rows * cols), 1.0 - beta2)
             return seen
+        if self.shape == "factored":
+            return factored_statistics(x2, state, 1.0 - beta2, ctx, touched)
         if self.shape == "row":
             row_sq = torch.linalg.vector_norm(x2, dim=1).square_()
         else:
             row_sq, col_sq, seen = square_sums(x2, ctx, touched)
-        if self.shape in ("row", "factored"):
+        if self.shape == "row":
             state["row"].lerp_(row_sq.div_(cols), 1.0 - beta2)
-        if self.shape == "factored":
-            state["total"].lerp_(row_sq.mean(), 1.0 - beta2)
-        if self.shape in ("col", "factored"):
+        else:
             state["col"].lerp_(col_sq.div_(rows), 1.0 - beta2)
         return seen
 
@@ -274,9 +278,7 @@ class SecondMoment(Primitive):
         ``p - s * 0 / den`` is ``p`` exactly; their statistics have already decayed.
         """
         floor = self.eps if self.eps_mode == "floor" else _TINY
-        row = state["row"].unsqueeze(1).div(self._row_correction(state, beta2, ctx.step))
-        row = row.div_(state["total"].clamp(min=floor)).sqrt_()
-        col = state["col"].sqrt().unsqueeze(0)
+        row, col = factored_roots(state, self._row_correction(state, beta2, ctx.step), floor)
         blocks = row_blocks(*u2.shape, u2.device)
         fuse = ctx.final and ctx.param.is_contiguous()
         out = ctx.buffer(_part(u2, blocks[0]).shape if fuse else u2.shape, u2.device)
@@ -323,7 +325,7 @@ def row_blocks(rows: int, cols: int, device: torch.device) -> list[slice | None]
     return [slice(lo, min(lo + step, rows)) for lo in range(0, rows, step)]
 
 
-def square_sums(x2: torch.Tensor, ctx: Context,
+def square_sums(x2: torch.Tensor, ctx: Context | None,
                 touched: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Row sums and column sums of ``x2 ** 2`` in one pass over ``x2`` (squares made per block).
 
@@ -336,7 +338,8 @@ def square_sums(x2: torch.Tensor, ctx: Context,
     col_sq = torch.zeros(cols, device=x2.device)
     largest = torch.empty(rows, device=x2.device) if touched else None
     blocks = row_blocks(rows, cols, x2.device)
-    scratch = ctx.buffer(_part(x2, blocks[0]).shape, x2.device)
+    shape = _part(x2, blocks[0]).shape
+    scratch = torch.empty(shape, device=x2.device) if ctx is None else ctx.buffer(shape, x2.device)
     for block in blocks:
         part = _part(x2, block)
         sq = torch.square(part, out=scratch[: part.shape[0]])
@@ -345,3 +348,44 @@ def square_sums(x2: torch.Tensor, ctx: Context,
         if largest is not None:
             torch.linalg.vector_norm(part, ord=math.inf, dim=1, out=_part(largest, block))
     return row_sq, col_sq, None if largest is None else largest != 0
+
+
+def factored_statistics(x2: torch.Tensor, state: dict[str, torch.Tensor], rate: float | torch.Tensor,
+                        ctx: Context | None, touched: bool = False) -> torch.Tensor | None:
+    """The first pass of ``factored``: ``row``, ``col`` and ``total`` move by ``rate`` towards the row,
+    column and global means of ``x2 ** 2`` (one pass over ``x2``); returns :func:`square_sums`' rows."""
+    rows, cols = x2.shape
+    row_sq, col_sq, seen = square_sums(x2, ctx, touched)
+    state["row"].lerp_(row_sq.div_(cols), rate)
+    state["total"].lerp_(row_sq.mean(), rate)
+    state["col"].lerp_(col_sq.div_(rows), rate)
+    return seen
+
+
+def factored_roots(state: dict[str, torch.Tensor], correction: float | torch.Tensor,
+                   floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``a`` (rows x 1) and ``b`` (1 x columns) with ``a[i] b[j] = sqrt(r[i] c[j] / s)``, ``r`` corrected."""
+    row = state["row"].unsqueeze(1).div(correction)
+    row = row.div_(state["total"].clamp(min=floor)).sqrt_()
+    return row, state["col"].sqrt().unsqueeze(0)
+
+
+@torch.library.custom_op("optispace::factored_roots", mutates_args=("row", "col", "total"))
+def _factored_roots_op(x2: torch.Tensor, row: torch.Tensor, col: torch.Tensor, total: torch.Tensor,
+                       rate: torch.Tensor, correction: torch.Tensor,
+                       floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first pass and the roots, for compiled code (:meth:`SecondMoment.pure`).
+
+    An operator of its own, so that the compiler keeps its results as two small tensors: left to
+    itself, it would remake the column roots inside the update's loop for every row.
+    """
+    state = {"row": row, "col": col, "total": total}
+    factored_statistics(x2, state, rate.float(), None)
+    a, b = factored_roots(state, correction, floor)
+    return a.contiguous(), b.contiguous()
+
+
+@_factored_roots_op.register_fake
+def _(x2: torch.Tensor, row: torch.Tensor, col: torch.Tensor, total: torch.Tensor, rate: torch.Tensor,
+      correction: torch.Tensor, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return row.new_empty((row.shape[0], 1)), col.new_empty((1, col.shape[0]))
