@@ -329,14 +329,14 @@ def square_sums(x2: torch.Tensor, ctx: Context | None,
                 touched: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Row sums and column sums of ``x2 ** 2`` in one pass over ``x2`` (squares made per block).
 
-    With ``touched``, also which rows have an entry other than 0 (NaN included), from the largest
-    ``|x|`` of each row while its block is in cache: a zero row sum would not do, since squares
-    below ~1e-45 underflow to 0.
+    With ``touched``, also which rows have an entry other than 0 (NaN included): a row with a
+    positive sum has one; a row whose sum is 0 may still have entries whose squares underflowed,
+    so its largest and smallest entries decide, read while its block is in cache.
     """
     rows, cols = x2.shape
     row_sq = torch.empty(rows, device=x2.device)
     col_sq = torch.zeros(cols, device=x2.device)
-    largest = torch.empty(rows, device=x2.device) if touched else None
+    seen = torch.ones(rows, dtype=torch.bool, device=x2.device) if touched else None
     blocks = row_blocks(rows, cols, x2.device)
     shape = _part(x2, blocks[0]).shape
     scratch = torch.empty(shape, device=x2.device) if ctx is None else ctx.buffer(shape, x2.device)
@@ -345,9 +345,9 @@ def square_sums(x2: torch.Tensor, ctx: Context | None,
         sq = torch.square(part, out=scratch[: part.shape[0]])
         torch.sum(sq, dim=1, out=_part(row_sq, block))
         col_sq.add_(sq.sum(dim=0))
-        if largest is not None:
-            torch.linalg.vector_norm(part, ord=math.inf, dim=1, out=_part(largest, block))
-    return row_sq, col_sq, None if largest is None else largest != 0
+        if seen is not None and bool((_part(row_sq, block) == 0).any()):
+            _part(seen, block).copy_(torch.amax(part, dim=1).ne(0) | torch.amin(part, dim=1).ne(0))
+    return row_sq, col_sq, seen
 
 
 def factored_statistics(x2: torch.Tensor, state: dict[str, torch.Tensor], rate: float | torch.Tensor,
