@@ -274,38 +274,42 @@ class SecondMoment(Primitive):
         the last primitive it also makes the update block by block (``ctx.final``), so the
         direction never exists whole: the pass reads ``u`` and the parameter and writes the
         parameter, and its scratch is one block. ``touched`` (rows whose ``u`` is not all zero,
-        given when no decay waits): the other rows are left alone, since their update
-        ``p - s * 0 / den`` is ``p`` exactly; their statistics have already decayed.
+        given when no decay waits): when fewer than half the rows are touched, only those are
+        updated, a block of them at a time; the others are left alone, since their update
+        ``p - s * 0 / den`` is ``p`` exactly (their statistics have already decayed).
         """
         floor = self.eps if self.eps_mode == "floor" else _TINY
         row, col = factored_roots(state, self._row_correction(state, beta2, ctx.step), floor)
+        some = None if touched is None else touched.nonzero().squeeze(1)
+        if some is not None and 2 * some.numel() < u2.shape[0]:
+            self._update_rows(u2, row, col, some, ctx)
+            ctx.applied = True
+            return u2
         blocks = row_blocks(*u2.shape, u2.device)
         fuse = ctx.final and ctx.param.is_contiguous()
         out = ctx.buffer(_part(u2, blocks[0]).shape if fuse else u2.shape, u2.device)
         for block in blocks:
-            part, param = _part(u2, block), _part(ctx.param.view(u2.shape), block) if fuse else None
-            some = None if touched is None else _part(touched, block).nonzero().squeeze(1)
-            if some is not None and 2 * some.numel() < part.shape[0]:
-                self._update_rows(part, _part(row, block), col, param, some, ctx)
-                continue
+            part = _part(u2, block)
             den = torch.mul(_part(row, block), col, out=out[: part.shape[0]] if fuse else _part(out, block))
             torch.div(part, self._eps(den, self.eps), out=den)
             if fuse:
-                ctx.update(param, den)
+                ctx.update(_part(ctx.param.view(u2.shape), block), den)
         ctx.applied = fuse
         return u2 if fuse else out
 
-    def _update_rows(self, u2: torch.Tensor, row: torch.Tensor, col: torch.Tensor, param: torch.Tensor,
-                     some: torch.Tensor, ctx: Context) -> None:
-        """The factored update of rows ``some`` of a block only: the same operations on those rows."""
-        if some.numel() == 0:
-            return
-        shape = (some.numel(), u2.shape[1])
-        den = torch.mul(row.index_select(0, some), col, out=ctx.buffer(shape, u2.device))
-        torch.div(u2.index_select(0, some), self._eps(den, self.eps), out=den)
-        rows = torch.index_select(param, 0, some, out=ctx.buffer(shape, u2.device))
-        ctx.update(rows, den)
-        param.index_copy_(0, some, rows)
+    def _update_rows(self, u2: torch.Tensor, row: torch.Tensor, col: torch.Tensor, some: torch.Tensor,
+                     ctx: Context) -> None:
+        """The factored update of rows ``some`` only: the same operations, on those rows gathered."""
+        param = ctx.param.view(u2.shape)
+        step = max(1, _BLOCK_ELEMENTS // u2.shape[1])
+        for lo in range(0, some.numel(), step):
+            index = some[lo: lo + step]
+            shape = (index.numel(), u2.shape[1])
+            den = torch.mul(row.index_select(0, index), col, out=ctx.buffer(shape, u2.device))
+            torch.div(u2.index_select(0, index), self._eps(den, self.eps), out=den)
+            rows = torch.index_select(param, 0, index, out=ctx.buffer(shape, u2.device))
+            ctx.update(rows, den)
+            param.index_copy_(0, index, rows)
 
 
 def _part(t: torch.Tensor, block: slice | None) -> torch.Tensor:
