@@ -54,28 +54,45 @@ def step(chain: Chain, params: list[torch.Tensor], states: list[dict[str, Any]],
                           torch.compile(code, backend=BACKEND, fullgraph=True, dynamic=False))
     representative, compiled = _COMPILED[key]
 
-    names = [name for keys in chain.state_keys for name in keys.values()]
-    compiled(representative, params, [p.grad for p in params], [{k: s[k] for k in names} for s in states],
-             torch.tensor(lr, dtype=torch.float64, device=device), _scalars(chain, states, lr, device))
+    names = tuple(name for keys in chain.state_keys for name in keys.values())
+    scalars = _scalars(chain, states, lr, device)
+    # Flat lists, not dicts: dynamo checks every container of the inputs on every call.
+    compiled(representative, names, tuple(tuple(hp) for hp in scalars), params, [p.grad for p in params],
+             [s[k] for s in states for k in names], torch.tensor(lr, dtype=torch.float64, device=device),
+             [t for hp in scalars for t in hp.values()])
 
 
 def _scalars(chain: Chain, states: list[dict[str, Any]], lr: float,
              device: torch.device) -> list[dict[str, torch.Tensor]]:
     """Per primitive, name -> a float64 tensor of that scalar for each parameter (its own step)."""
-    by_step = {s["step"]: chain.scalars(s["step"], lr) for s in states}
+    by_step = {step: chain.scalars(step, lr) for step in {s["step"] for s in states}}
+    if len(by_step) == 1:  # the usual case: every parameter took every step
+        (one,) = by_step.values()
+        return [{name: torch.full((len(states),), value, dtype=torch.float64, device=device)
+                 for name, value in hp.items()} for hp in one]
     each = [by_step[s["step"]] for s in states]
     return [{name: torch.tensor([e[j][name] for e in each], dtype=torch.float64, device=device)
              for name in first} for j, first in enumerate(each[0])]
 
 
-def _update(chain: Chain, params: list[torch.Tensor], grads: list[torch.Tensor],
-            states: list[dict[str, torch.Tensor]], lr: torch.Tensor,
-            scalars: list[dict[str, torch.Tensor]]) -> None:
-    """``p <- p' - step_size * chain(g)`` for every parameter, ``p'`` the parameter as the chain left it."""
+def _update(chain: Chain, state_names: tuple[str, ...], scalar_names: tuple[tuple[str, ...], ...],
+            params: list[torch.Tensor], grads: list[torch.Tensor], states: list[torch.Tensor],
+            lr: torch.Tensor, scalars: list[torch.Tensor]) -> None:
+    """``p <- p' - step_size * chain(g)`` for every parameter, ``p'`` the parameter as the chain left it.
+
+    ``states``: each parameter's state tensors in ``state_names`` order, one parameter after the
+    other; ``scalars``: per primitive, per name of ``scalar_names``, one value per parameter.
+    """
+    named, at = [], 0
+    for names in scalar_names:
+        named.append(dict(zip(names, scalars[at: at + len(names)], strict=True)))
+        at += len(names)
+    n = len(state_names)
     for i, p in enumerate(params):
         grad = grads[i].float()
         ctx = PureContext(grad=grad, param=p.float(), lr=lr, step_size=lr)
-        u = chain.pure(grad, states[i], ctx, [{k: t[i] for k, t in hp.items()} for hp in scalars])
+        state = dict(zip(state_names, states[i * n: (i + 1) * n], strict=True))
+        u = chain.pure(grad, state, ctx, [{k: t[i] for k, t in hp.items()} for hp in named])
         p.copy_(ctx.param - ctx.step_size * u)
 
 

@@ -147,9 +147,11 @@ class Momentum(Primitive):
         if self.kind == "heavy_ball":
             m.copy_(torch.where(hp["first"] > 0.0, u, m * beta + hp["take"] * u))
             return u + beta * m if self.nesterov else m
-        m.lerp_(u, hp["rate"])
+        # lerp written out: compiled, torch.lerp picks its formula by the weight for every vector
+        # of elements; this is the formula it picks for weights below 0.5 (every beta above 0.5)
+        m.copy_(m + hp["rate"] * (u - m))
         if self.nesterov:
-            return torch.lerp(u, m, beta)
+            return u + beta * (m - u)
         if self.bias_correction is False:
             return m
         return ctx.scaled(m, hp["correction"])
