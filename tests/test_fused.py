@@ -13,11 +13,12 @@ import io
 
 import pytest
 import torch
-from test_primitives_base import one_thread  # noqa: F401 (autouse fixture)
 from torch import nn
 
 import optispace.fused as fused
 from optispace import Optimizer, parse_chain
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 FUSABLE = [
     "weight_decay(0.1) > momentum(0.9) > second_moment(full)",
