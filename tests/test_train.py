@@ -207,3 +207,15 @@ def test_cuda_run_with_bf16_autocast(compile_model):
     record = train(tiny(device="cuda", compile=compile_model), progress=False)
     assert record.device.startswith("cuda") and record.diverged is None
     assert record.final_val_loss < math.log(TINY.model.vocab_size) - 0.5
+
+
+def test_shape_overrides_the_tiers_model_and_batch():
+    record = train(tiny(shape={"dim": 16, "heads": 2, "batch_size": 4}, tokens=8 * 4 * 32), progress=False)
+    assert record.config["model"]["dim"] == 16 and record.config["batch_size"] == 4
+    assert record.config["steps"] == 8 and record.curve[-1]["tokens"] == 8 * 4 * 32
+
+
+@pytest.mark.parametrize("shape", [{"dim": 30}, {"width": 16}])
+def test_a_shape_that_is_no_model_is_refused(shape):
+    with pytest.raises(UserError, match="TrainConfig.shape: "):
+        tiny(shape=shape)

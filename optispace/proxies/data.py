@@ -86,7 +86,7 @@ def load_data(spec: str | Path | None, vocab_size: int, cache_dir: str | Path | 
         return zipf_data(**_zipf_params(str(spec), vocab_size))
     check_data(spec, vocab_size)
     path = Path(spec).expanduser()
-    if path.suffix == ".bin" or (path.is_dir() and any(path.glob("*.bin"))):
+    if _is_shards(path):
         return _shards(path, vocab_size)
     source = user_text_source(path)
     if not source.files:
@@ -103,6 +103,27 @@ def check_data(spec: str | Path | None, vocab_size: int) -> None:
     elif not Path(spec).expanduser().exists():
         raise UserError(f"data: {str(spec)!r} does not exist; give stdlib, stdlib:no-tests, "
                         "zipf[:s=..,v=..,n=..], a .bin shard, a folder of shards, or text files")
+
+
+def vocab_range(spec: str | Path | None) -> tuple[int, int, str] | None:
+    """The vocabulary sizes a byte-level BPE of the text corpus ``spec`` can have, and its name;
+    None for shards and the Zipfian source (their ids are checked against the model when loaded).
+
+    The BPE starts from 256 bytes and the end-of-text token; each merge needs a pair of adjacent
+    tokens in the text, so the vocabulary grows by at most one per byte of text beyond that.
+    """
+    if spec is not None and (str(spec).startswith("zipf") or _is_shards(Path(spec).expanduser())):
+        return None
+    if spec is None or str(spec) in ("stdlib", "stdlib:no-tests"):
+        source = stdlib_source(include_tests=str(spec) != "stdlib:no-tests")
+    else:
+        source = user_text_source(Path(spec).expanduser())
+    low = 256 + 1
+    return low, low + sum((source.root / f).stat().st_size for f in source.files), source.name
+
+
+def _is_shards(path: Path) -> bool:
+    return path.suffix == ".bin" or (path.is_dir() and any(path.glob("*.bin")))
 
 
 def _text(source, vocab_size: int, cache_dir: Path) -> TokenData:

@@ -28,7 +28,7 @@ from optispace.errors import UserError
 from optispace.optimizer import Optimizer
 from optispace.proxies.data import TokenData, check_fits, load_data, train_batch, val_batches
 from optispace.proxies.model import GPT
-from optispace.proxies.tiers import TIERS
+from optispace.proxies.tiers import TIERS, Tier, shaped
 
 SCHEDULES = ("cosine", "linear", "wsd", "constant")
 WSD_DECAY = 0.2  # warmup-stable-decay: linear decay over the last 20% of steps (Hagele et al. 2024)
@@ -39,7 +39,8 @@ log = logging.getLogger("optispace.train")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """What to train; ``tokens=None`` takes the tier's default budget, ``lr=None`` the recipe's lr."""
+    """What to train; ``tokens=None`` takes the tier's default budget, ``lr=None`` the recipe's lr.
+    ``shape`` overrides the tier's model and batch (``optispace.proxies.tiers.SHAPE_KEYS``)."""
 
     recipe: str | Mapping[str, str]
     proxy: str = "small"
@@ -57,6 +58,7 @@ class TrainConfig:
     eval_batches: int = 8
     compile: bool = False
     cache_dir: str | Path | None = None
+    shape: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         checks = [
@@ -77,6 +79,15 @@ class TrainConfig:
         for ok, name, value, allowed in checks:
             if not ok:
                 raise UserError(f"TrainConfig.{name}: {value!r} is not allowed; use {allowed}")
+        try:
+            _ = self.tier
+        except ValueError as e:
+            raise UserError(f"TrainConfig.shape: {e}") from None
+
+    @property
+    def tier(self) -> Tier:
+        """The proxy's tier with ``shape`` applied."""
+        return shaped(TIERS[self.proxy], self.shape)
 
     def as_dict(self) -> dict:
         """The config as plain JSON types (paths as strings, tuples as lists)."""
@@ -147,7 +158,7 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, int, float], None] | None = 
     """Train ``cfg`` and return its record. ``on_eval(step, tokens, val_loss)`` runs after each
     evaluation and may raise (e.g. optuna.TrialPruned) out of ``train``; divergence never raises.
     ``checkpoint``: a file rewritten at each evaluation; ``resume``: such a file to continue from."""
-    tier = TIERS[cfg.proxy]
+    tier = cfg.tier
     device = resolve_device(cfg.device)
     callbacks = list(callbacks)
     if device.type == "cuda":
@@ -181,7 +192,7 @@ class _Run:
 
     def __init__(self, cfg: TrainConfig, model: GPT, optimizer: Optimizer, base_lrs: list[float],
                  data: TokenData, device: torch.device, steps: int, callbacks: list, record: RunRecord):
-        tier = TIERS[cfg.proxy]
+        tier = cfg.tier
         self.cfg, self.model, self.optimizer, self.base_lrs = cfg, model, optimizer, base_lrs
         self.data, self.device, self.steps = data, device, steps
         self.callbacks, self.record = callbacks, record

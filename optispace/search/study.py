@@ -159,7 +159,11 @@ def open_study(spec: SearchSpec, storage: optuna.storages.BaseStorage, name: str
     exists, so a refused file would still have written to the storage.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = PerTrialSampler(lambda seed: make_sampler(spec, seed), spec.seed)
+    sampler: optuna.samplers.BaseSampler = PerTrialSampler(lambda seed: make_sampler(spec, seed), spec.seed)
+    if spec.proxy.sweep:
+        from optispace.search.scale import ScaleGrid, grid
+
+        sampler = ScaleGrid(sampler, grid(spec.proxy.sweep))
     try:
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=make_pruner(spec))
     except KeyError:
@@ -175,7 +179,7 @@ def open_study(spec: SearchSpec, storage: optuna.storages.BaseStorage, name: str
 
 
 def _create(
-    spec: SearchSpec, storage: optuna.storages.BaseStorage, name: str, sampler: PerTrialSampler
+    spec: SearchSpec, storage: optuna.storages.BaseStorage, name: str, sampler: optuna.samplers.BaseSampler
 ) -> optuna.Study:
     """Create the study with its attributes and metric names (another process may win the race)."""
     try:
