@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import optuna
 
 from optispace.search import scale
-from optispace.search.space import Configuration, sample
+from optispace.search.space import Configuration, sample_configuration
 from optispace.search.spec import SearchSpec
 from optispace.trial import RoleRun, TrialRecord, write
 
@@ -127,7 +127,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
         point = scale.suggest(trial, self.spec.proxy)  # first: the grid sampler branches on it
-        configuration = sample(trial, self.spec.roles)
+        configuration = sample_configuration(trial, self.spec)
         _record_configuration(trial, configuration, self.spec, point)
         records: list[Record] = []
         last_step = [0]

@@ -15,6 +15,8 @@ allowed. The layout (see ``searches/smoke.toml`` for a commented example)::
     [roles.<role>]  one of: chain = "text" | tie = "<role>" | <family> = [choices, ...]
                     and lr, beta1, beta2, weight_decay: a number (fixed), [low, high] (a range;
                     log-uniform for lr) or {values = [...]} (a choice among numbers)
+    [recipes]       instead of [roles]: named recipes (``optispace recipes``) compared as they
+                    are, each with its own lr, e.g. ``adamw = {lr = {values = [1e-3, 3e-3]}}``
 """
 
 from __future__ import annotations
@@ -128,6 +130,8 @@ class SearchSpec:
     roles: dict[str, RoleSpace]
     raw: dict[str, Any]
     scaling: ScalingSpec = ScalingSpec()
+    #: ``[recipes]``: recipe name -> its lr (then ``roles`` is empty).
+    recipes: dict[str, Number] = field(default_factory=dict)
 
 
 _MISSING = object()
@@ -352,8 +356,11 @@ def parse_search_data(raw: dict[str, Any], path: str = "<search>", text: str = "
     tokens_per_param = scaling_table.get("tokens_per_param", _real(0.0, open_low=True), None)
     proxy = _proxy(top.table("proxy"), budget_rule=tokens_per_param is not None)
     scaling = _scaling(scaling_table, proxy, tokens_per_param)
-    roles = _roles(top.table("roles"))
-    top.done(("study", "proxy", "roles", "scaling"))
+    if "recipes" in raw and "roles" in raw:
+        raise top.error("recipes", "give either [roles] (a space of chains) or [recipes], not both")
+    recipes = _recipes(top.table("recipes")) if "recipes" in raw else {}
+    roles = {} if recipes else _roles(top.table("roles"))
+    top.done(("study", "proxy", "roles", "recipes", "scaling"))
 
     name = study.get("name", study_name_problem)
     question = study.get("question", _string)
@@ -377,7 +384,7 @@ def parse_search_data(raw: dict[str, Any], path: str = "<search>", text: str = "
             'use pruner = "none"'
         )
     if sampler == "grid":
-        _check_enumerable(file, roles)
+        _check_enumerable(file, roles, recipes)
     return SearchSpec(
         path=path,
         name=name,
@@ -394,6 +401,7 @@ def parse_search_data(raw: dict[str, Any], path: str = "<search>", text: str = "
         roles=roles,
         raw=raw,
         scaling=scaling,
+        recipes=recipes,
     )
 
 
@@ -576,6 +584,22 @@ def _roles(table: _Table) -> dict[str, RoleSpace]:
     return spaces
 
 
+def _recipes(table: _Table) -> dict[str, Number]:
+    """``[recipes]``: each a named recipe with its lr (a number, a range or ``{values = [...]}``)."""
+    from optispace.recipes import RECIPES
+
+    if not table.data:
+        raise table.file.error(table.key, f"name at least one recipe: {', '.join(RECIPES)}")
+    recipes = {}
+    for name in table.data:
+        if name not in RECIPES:
+            raise table.error(name, f"unknown recipe; the recipes are {', '.join(RECIPES)}")
+        recipe = table.table(name)
+        recipes[name] = _number(recipe, "lr")
+        recipe.done(("lr",))
+    return recipes
+
+
 def _role(table: _Table) -> RoleSpace:
     role = table.key[-1]
     if "tie" in table.data:
@@ -676,11 +700,11 @@ def _number(table: _Table, name: str) -> Number:
     return float(value)
 
 
-def _check_enumerable(file: _File, roles: dict[str, RoleSpace]) -> None:
-    for role, space in roles.items():
-        for name, number in space.numbers.items():
-            if isinstance(number, Range):
-                raise file.error(
-                    ("roles", role, name),
-                    'sampler "grid" enumerates choices; give a number or {values = [...]}, not a range',
-                )
+def _check_enumerable(file: _File, roles: dict[str, RoleSpace], recipes: dict[str, Number]) -> None:
+    numbers = {("roles", role, name): n for role, space in roles.items() for name, n in space.numbers.items()}
+    numbers.update({("recipes", recipe, "lr"): n for recipe, n in recipes.items()})
+    for key, number in numbers.items():
+        if isinstance(number, Range):
+            raise file.error(
+                key, 'sampler "grid" enumerates choices; give a number or {values = [...]}, not a range'
+            )
