@@ -176,7 +176,7 @@ def configuration(lr: float = 1e-2) -> Configuration:
     return Configuration({role: draw for role in ("embed", "head", "matrix", "vector")})
 
 
-@pytest.mark.parametrize("per_param", [0.5, 2.0])
+@pytest.mark.parametrize("per_param", [0.5, 1.0])
 def test_the_budget_rule_gives_the_stated_tokens(per_param: float) -> None:
     text = scaled_text(extra=f'data = "zipf:n=8192"\n[scaling]\ntokens_per_param = {per_param}').replace(
         "steps = 4\n", ""
@@ -250,3 +250,35 @@ def test_a_vocabulary_larger_than_a_text_corpus_allows_is_refused(tmp_path: Path
     text = scaled_text(extra=f'data = "{corpus}"\nvocab = [300, 512]')
     with pytest.raises(UserError, match=r"proxy.vocab: 512 is not a vocabulary .* at most 357 tokens"):
         parse_search_text(text, "scaled.toml")
+
+
+def test_scaling_toml_runs_end_to_end_on_the_tiny_shape_with_two_widths(tmp_path: Path) -> None:
+    """searches/scaling.toml made small: widths 16 and 32, one batch size, one lr per recipe, 8 steps."""
+    import re
+
+    from optispace.cli import main
+
+    text = (Path(__file__).parent.parent / "searches" / "scaling.toml").read_text()
+    for old, new in [
+        ("dim = [32, 64, 128]", "dim = [16, 32]"),
+        ("batch_size = [8, 32]", "batch_size = 8"),
+        ("tokens = 131072", 'tokens = 4096\ndata = "zipf:n=20000"'),
+        ("eval_every = 32", "eval_every = 4"),
+        ("trials = 54", "trials = 6"),
+        ("seeds = [0, 1]", "seeds = [0]"),
+    ]:
+        assert old in text
+        text = text.replace(old, new)
+    text = re.sub(r"\{values = \[([^,\]]+),[^\]]*\]\}", r"\1", text)  # one lr per recipe
+    path, storage, out = tmp_path / "scaling.toml", tmp_path / "s.journal", tmp_path / "report"
+    path.write_text(text)
+    assert main(["search", str(path), "--storage", str(storage)]) == 0
+    study = load(str(storage), "scaling")
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert Counter((t.params.get("recipe"), t.params["scale.dim"]) for t in done) == {
+        (recipe, dim): 1 for recipe in ("adamw", "ember", "adafactor") for dim in (16, 32)
+    }
+    assert all(t.user_attrs.get("failure") is None for t in done)
+    assert main(["report", "--study", "scaling", "--storage", str(storage), "--out", str(out)]) == 0
+    markdown = (out / "report.md").read_text()
+    assert "## Scaling" in markdown and "### Against dim" in markdown and (out / "scaling.png").exists()
