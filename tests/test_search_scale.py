@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import signal
-import subprocess
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -17,8 +16,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-from optuna.trial import FrozenTrial, TrialState
-from test_search_run import load, start_worker, wait_for_exit
+from optuna.trial import TrialState
+from test_search_run import load, start_worker, wait_for_exit, wait_for_running
 
 from optispace.errors import UserError
 from optispace.proxies import TIERS, TrainConfig, train
@@ -142,26 +141,11 @@ _worker_main(parse_search_text(scaled_text(), "scaled.toml"), sys.argv[1], "scal
 """
 
 
-def third_trial_running(url: str, worker: subprocess.Popen, timeout_s: float = 120.0) -> FrozenTrial:
-    """Trial 2 once it trains (its ``seeds`` written), two trials having finished before it."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert worker.poll() is None, "the worker ended before its third trial ran"
-        try:
-            trials = load(url, "scaled").get_trials(states=(TrialState.RUNNING,))
-        except KeyError:  # the study is not created yet
-            trials = []
-        if trials and trials[0].number == 2 and "seeds" in trials[0].user_attrs:
-            return trials[0]
-        time.sleep(0.1)
-    raise AssertionError("the third trial did not run in time")
-
-
 @pytest.mark.slow
 def test_a_sigkill_mid_trial_then_resume_still_covers_each_point_once_per_round(tmp_path: Path) -> None:
     url = str(tmp_path / "s.journal")
     worker = start_worker(url, 8, sleep_s=0.5, script=WORKER)
-    killed = third_trial_running(url, worker)
+    killed = wait_for_running(url, worker, name="scaled", number=2)  # two trials finished before it
     worker.send_signal(signal.SIGKILL)
     wait_for_exit(worker)
     study = run(url, 8, scaled_text())

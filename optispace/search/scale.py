@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+
+from optispace.search.study import PerTrialSampler
 
 if TYPE_CHECKING:
     from optispace.proxies.tiers import Tier
@@ -120,15 +122,18 @@ def point_of(params: dict[str, Any], axes: Sequence[str]) -> tuple | None:
     return None if any(v is None for v in values) else values
 
 
-class ScaleGrid(optuna.samplers.BaseSampler):
-    """``sampler`` for the optimizer's parameters; the ``scale.<axis>`` ones by fewest live trials.
+class ScaleGrid(PerTrialSampler):
+    """The search file's sampler (per trial, as :class:`PerTrialSampler`) for the optimizer's
+    parameters; the ``scale.<axis>`` ones by fewest live trials (see the module doc).
 
     The scale parameters are kept out of the relative search space, so the wrapped sampler never
     models or proposes them; the point is chosen once per trial, at its first scale parameter.
     """
 
-    def __init__(self, sampler: optuna.samplers.BaseSampler, points: list[Point]) -> None:
-        self._sampler = sampler
+    def __init__(
+        self, build: Callable[[int], optuna.samplers.BaseSampler], study_seed: int, points: list[Point]
+    ) -> None:
+        super().__init__(build, study_seed)
         self._points = [tuple(p.values()) for p in points]
         self._axes = list(points[0])
         self._chosen: tuple[int, tuple] | None = None
@@ -146,20 +151,11 @@ class ScaleGrid(optuna.samplers.BaseSampler):
                 count[point] += 1
         return min(self._points, key=lambda p: (count[p], self._points.index(p)))
 
-    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self._chosen = None
-        self._sampler.before_trial(study, trial)
-
     def infer_relative_search_space(
         self, study: optuna.Study, trial: FrozenTrial
     ) -> dict[str, optuna.distributions.BaseDistribution]:
-        space = self._sampler.infer_relative_search_space(study, trial)
+        space = super().infer_relative_search_space(study, trial)
         return {name: d for name, d in space.items() if not name.startswith(PREFIX)}
-
-    def sample_relative(
-        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]
-    ) -> dict[str, Any]:
-        return self._sampler.sample_relative(study, trial, search_space)
 
     def sample_independent(
         self,
@@ -169,19 +165,7 @@ class ScaleGrid(optuna.samplers.BaseSampler):
         param_distribution: optuna.distributions.BaseDistribution,
     ) -> Any:
         if not param_name.startswith(PREFIX):
-            return self._sampler.sample_independent(study, trial, param_name, param_distribution)
+            return super().sample_independent(study, trial, param_name, param_distribution)
         if self._chosen is None or self._chosen[0] != trial.number:
             self._chosen = (trial.number, self.choose(study, trial))
         return self._chosen[1][self._axes.index(param_name.removeprefix(PREFIX))]
-
-    def after_trial(
-        self,
-        study: optuna.Study,
-        trial: FrozenTrial,
-        state: TrialState,
-        values: Sequence[float] | None,
-    ) -> None:
-        self._sampler.after_trial(study, trial, state, values)
-
-    def reseed_rng(self) -> None:
-        self._sampler.reseed_rng()

@@ -159,11 +159,7 @@ def open_study(spec: SearchSpec, storage: optuna.storages.BaseStorage, name: str
     exists, so a refused file would still have written to the storage.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler: optuna.samplers.BaseSampler = PerTrialSampler(lambda seed: make_sampler(spec, seed), spec.seed)
-    if spec.proxy.sweep:
-        from optispace.search.scale import ScaleGrid, grid
-
-        sampler = ScaleGrid(sampler, grid(spec.proxy.sweep))
+    sampler = _sampler(spec)
     try:
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=make_pruner(spec))
     except KeyError:
@@ -178,8 +174,20 @@ def open_study(spec: SearchSpec, storage: optuna.storages.BaseStorage, name: str
     return study
 
 
+def _sampler(spec: SearchSpec) -> PerTrialSampler:
+    """The study's sampler: the search file's, built per trial; scale points assigned by ``ScaleGrid``."""
+    from optispace.search.scale import ScaleGrid, grid
+
+    def build(seed: int) -> optuna.samplers.BaseSampler:
+        return make_sampler(spec, seed)
+
+    if spec.proxy.sweep:
+        return ScaleGrid(build, spec.seed, grid(spec.proxy.sweep))
+    return PerTrialSampler(build, spec.seed)
+
+
 def _create(
-    spec: SearchSpec, storage: optuna.storages.BaseStorage, name: str, sampler: optuna.samplers.BaseSampler
+    spec: SearchSpec, storage: optuna.storages.BaseStorage, name: str, sampler: PerTrialSampler
 ) -> optuna.Study:
     """Create the study with its attributes and metric names (another process may win the race)."""
     try:
