@@ -26,6 +26,6 @@ test: $(BIN)/optispace
 	$(BIN)/pytest
 
 # Each benchmark prints ratios against an anchor measured in the same run (see README).
-BENCHES := bench_optimizer bench_train bench_report bench_probes bench_search bench_cli
+BENCHES := bench_optimizer bench_train bench_report bench_probes bench_search bench_cli bench_regimes
 bench: $(BIN)/optispace
 	for b in $(BENCHES); do OMP_NUM_THREADS=1 $(BIN)/python bench/$$b.py || exit 1; done

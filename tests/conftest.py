@@ -48,3 +48,19 @@ def trials(study):
     from optispace.report.frames import trials_frame
 
     return trials_frame(study.get_trials(deepcopy=False))
+
+
+@pytest.fixture(scope="session")
+def text_corpus(tmp_path_factory):
+    """A small Python text corpus (two stdlib packages) and a cache folder for the regime tests: its
+    tokenizer and the cached starting runs are built once per session."""
+    import sysconfig
+    from pathlib import Path
+
+    root = tmp_path_factory.mktemp("regimes")
+    corpus = root / "text"
+    corpus.mkdir()
+    for package in ("json", "email"):
+        for path in sorted(Path(sysconfig.get_paths()["stdlib"], package).glob("*.py")):
+            (corpus / f"{package}_{path.name}").write_text(path.read_text())
+    return corpus, root / "cache"

@@ -14,8 +14,8 @@ from optispace.proxies.data import (
     check_fits,
     load_data,
     train_batch,
-    vocab_range,
     val_batches,
+    vocab_range,
     zipf_data,
 )
 from optispace.proxies.shards import write_shard

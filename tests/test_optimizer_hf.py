@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from test_primitives_base import one_thread  # noqa: F401 (autouse fixture)
 from test_recipes import SEQ, VOCAB, make_model, zipf_batches
 from torch import nn
 
@@ -17,6 +16,8 @@ transformers = pytest.importorskip("transformers", reason="transformers is not i
 pytest.importorskip("accelerate", reason="accelerate (which Trainer needs) is not installed (test-only)")
 
 from optispace import Optimizer  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 STEPS, CHECKPOINT = 6, 3
 

@@ -138,3 +138,11 @@ def test_probe_values_become_float_columns_whichever_trial_records_them_first():
 
 def test_a_study_without_probes_has_no_probe_columns(trials):
     assert not [c for c in trials.columns if c.startswith("probe")]
+
+
+def test_study_info_reads_the_regime_and_defaults_to_pretraining():
+    study = optuna.create_study()
+    assert (frames.study_info(study).regime, frames.study_info(study).objective) == ("pretrain", "val_loss")
+    study.set_user_attr("regime", "rl")
+    study.set_user_attr("objective", "reward_error")
+    assert (frames.study_info(study).regime, frames.study_info(study).objective) == ("rl", "reward_error")

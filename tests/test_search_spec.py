@@ -73,6 +73,14 @@ def test_probes_are_read_in_the_order_given() -> None:
     assert spec.proxy.probes == ("outliers", "ray")
 
 
+def test_regime_and_its_settings_are_read() -> None:
+    default = parse_search_text(VALID).proxy
+    assert (default.regime, default.regime_settings) == ("pretrain", {})
+    settings = 'tokens = 4096\nregime = "rl"\ngroup_size = 4\nkl = 0.1'
+    spec = parse_search_text(VALID.replace("tokens = 4096", settings))
+    assert spec.proxy.regime == "rl" and spec.proxy.regime_settings == {"group_size": 4, "kl": 0.1}
+
+
 def test_pareto_searches_default_to_no_pruner() -> None:
     text = VALID.replace("trials = 3", 'trials = 3\nobjectives = ["val_loss", "state_bytes"]')
     assert parse_search_text(text).pruner == "none"
@@ -149,6 +157,30 @@ MISTAKES = [
     (
         ("tokens = 4096", 'tokens = 4096\nprobes = ["ray", "ray"]'),
         r"t.toml:9: proxy.probes: has a repeated probe",
+    ),
+    (
+        ("tokens = 4096", 'tokens = 4096\nregime = "dpo"'),
+        r"t.toml:9: proxy.regime: 'dpo' is not allowed; choose one of pretrain, sft, rl",
+    ),
+    (
+        ("tokens = 4096", 'tokens = 4096\nregime = "rl"\ngroup_size = 1'),
+        r"t.toml:10: proxy.group_size: must be",
+    ),
+    (
+        ("tokens = 4096", 'tokens = 4096\nregime = "rl"\ntask = "chess"'),
+        r"t.toml:10: proxy.task: 'chess' is not allowed",
+    ),
+    (
+        ("tokens = 4096", 'tokens = 4096\nregime = "sft"\npairs = "no/such.jsonl"'),
+        r"t.toml:10: proxy.pairs: 'no/such.jsonl' is not a JSONL file of pairs",
+    ),
+    (
+        ("tokens = 4096", 'tokens = 4096\nregime = "sft"\npairs = "task:chess"'),
+        r"t.toml:10: proxy.pairs: 'task:chess': tasks are addition, reverse",
+    ),
+    (
+        ("tokens = 4096", 'tokens = 4096\ntask = "reverse"'),
+        r"t.toml:9: proxy.task: a setting of regime \"sft\" or \"rl\"",
     ),
     (
         ("tokens = 4096", 'tokens = 4096\nprobes = "ray"'),

@@ -209,6 +209,33 @@ def test_cuda_run_with_bf16_autocast(compile_model):
     assert record.final_val_loss < math.log(TINY.model.vocab_size) - 0.5
 
 
+# Losses of tiny() with seed 0, as ``float.hex``, from the training loop before regimes existed (commit
+# 9620d54): the default regime must keep pretraining bit for bit.
+COMMITTED = [(10, "0x1.66b5bc0000000p+2", "0x1.62b82c0000000p+2"),
+             (20, "0x1.4005700000000p+2", "0x1.3e32ef0000000p+2"),
+             (30, "0x1.36c5240000000p+2", "0x1.2f0ef50000000p+2"),
+             (40, "0x1.35395a0000000p+2", "0x1.2ca5b10000000p+2")]
+
+
+def test_pretrain_regime_keeps_the_committed_losses():
+    record = train(tiny(), progress=False)
+    assert [(p["step"], p["train_loss"].hex(), p["val_loss"].hex()) for p in record.curve] == COMMITTED
+    assert record.regime == "pretrain" and record.objective == "val_loss" and record.metrics == {}
+    assert record.config["regime"] == "pretrain" and record.config["model"] == dataclasses.asdict(TINY.model)
+    assert set(record.curve[0]) == {"step", "tokens", "train_loss", "val_loss", "elapsed_s"}
+
+
+def test_a_checkpoint_from_before_the_regimes_resumes(tmp_path):
+    ckpt = tmp_path / "run.pt"
+    full = train(tiny(tokens=10 * TINY.tokens_per_step), progress=False, checkpoint=ckpt)
+    state = torch.load(ckpt, weights_only=False)
+    for key in ("regime", "init", "pairs", "new_rows", "task", "group_size", "clip", "kl",
+                "updates_per_batch", "shape"):
+        del state["config"][key]
+    torch.save(state, ckpt)  # as the loop wrote it before these settings existed
+    assert losses(train(tiny(tokens=10 * TINY.tokens_per_step), progress=False, resume=ckpt)) == losses(full)
+
+
 def test_shape_overrides_the_tiers_model_and_batch():
     record = train(tiny(shape={"dim": 16, "heads": 2, "batch_size": 4}, tokens=8 * 4 * 32), progress=False)
     assert record.config["model"]["dim"] == 16 and record.config["batch_size"] == 4

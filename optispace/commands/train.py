@@ -11,6 +11,11 @@ from pathlib import Path
 
 from optispace.errors import UserError
 
+# The regime's settings (TrainConfig fields); unset ones come from a study's trial, else from
+# TrainConfig's defaults.
+REGIME_OPTIONS = ("regime", "init", "pairs", "new_rows", "task", "group_size", "clip", "kl",
+                  "updates_per_batch")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", required=True,
@@ -30,6 +35,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (worth it on a GPU)")
     parser.add_argument("--data", help="stdlib (default), stdlib:no-tests, zipf[:s=,v=,n=], a text file or "
                         "folder, a .bin shard or a folder of shards")
+    regime = parser.add_argument_group("regimes", "fine-tuning (sft) and reinforcement learning (rl) runs")
+    regime.add_argument("--regime", choices=("pretrain", "sft", "rl"),
+                        help="pretrain from scratch (default), sft on prompt/response pairs, rl on a task")
+    regime.add_argument("--init", type=Path, help="sft/rl: start from this pretraining checkpoint of the "
+                        "same tier and data (default: a pretraining run trained once and cached)")
+    regime.add_argument("--pairs", help="sft: a JSONL file of {\"prompt\", \"response\"} objects, or "
+                        "task:NAME (default: the corpus's Python functions, docstring -> body)")
+    regime.add_argument("--new-rows", choices=("mean", "random"),
+                        help="sft/rl: new token rows start as the mean of the existing rows (default), "
+                        "or small random")
+    regime.add_argument("--task", help="rl: the verifiable task, reverse (default) or "
+                        "addition")
+    regime.add_argument("--group-size", type=int,
+                        help="rl: samples per prompt, G >= 2 (default 8)")
+    regime.add_argument("--clip", type=float, help="rl: clip range of the importance ratio (default 0.2)")
+    regime.add_argument("--kl", type=float,
+                        help="rl: weight of the KL penalty to the start policy (default 0)")
+    regime.add_argument("--updates-per-batch", type=int,
+                        help="rl: policy updates per batch of samples (GRPO's mu, default 1)")
     parser.add_argument("--probes", default="", help="comma-separated probes, e.g. ray,geometry,outliers")
     parser.add_argument("--out", type=Path, help="write the run record (config, corpus, curve) as JSON here")
     parser.add_argument("--checkpoint", type=Path, help="checkpoint file, rewritten at each evaluation")
@@ -51,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(recipe.recipe, dict) and not recipe.role_lr and args.lr is None:
         raise UserError("--lr: a structure has no lr of its own; give --lr")
     given = {"proxy": args.proxy, "tokens": args.tokens, "lr": args.lr, "seed": args.seed,
-             "device": args.device, "data": args.data, "compile": args.compile or None}
+             "device": args.device, "data": args.data, "compile": args.compile or None,
+             **{key: getattr(args, key) for key in REGIME_OPTIONS}}
     # A study's settings, then what the command line gives; an explicit --lr replaces a trial's lrs.
     settings = recipe.settings | {k: v for k, v in given.items() if v is not None}
     role_lr = recipe.role_lr if args.lr is None else {}
@@ -112,13 +137,18 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 
 def summary(record) -> str:
-    """Final val loss (or the divergence), tokens/s, device and the optimizer state per role."""
+    """The final objective and metrics (or the divergence), tokens/s, device and the optimizer state per
+    role."""
     if record.diverged:
         head = f"diverged at step {record.diverged_step}: {record.diverged}"
     else:
         last = record.curve[-1]
-        head = (f"final val loss {record.final_val_loss:.4f} after {last['step']} steps "
+        from optispace.proxies.objectives import OBJECTIVE_LABELS
+
+        label = OBJECTIVE_LABELS[record.objective]
+        head = (f"final {label} {record.final_val_loss:.4f} after {last['step']} steps "
                 f"({last['tokens']:,} tokens)")
+        head += "".join(f", {name} {value:.4f}" for name, value in record.metrics.items())
     state = ", ".join(f"{role} {n:,}" for role, n in record.state_bytes.items())
     total = sum(record.state_bytes.values())
     return (f"{head}\n{record.tokens_per_s:,.0f} tokens/s on {record.device}, corpus "

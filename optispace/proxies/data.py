@@ -20,6 +20,7 @@ import torch
 from optispace.errors import UserError
 from optispace.proxies.corpus import (
     VAL_PERCENT,
+    TextSource,
     build_text_corpus,
     load_built,
     stdlib_source,
@@ -79,19 +80,37 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
 
 def load_data(spec: str | Path | None, vocab_size: int, cache_dir: str | Path | None = None) -> TokenData:
     """Resolve a data spec (see the module docstring) into token streams whose ids are < ``vocab_size``."""
-    if spec is None or str(spec) in ("stdlib", "stdlib:no-tests"):
-        source = stdlib_source(include_tests=str(spec) != "stdlib:no-tests")
-        return _text(source, vocab_size, cache_root(cache_dir))
     if str(spec).startswith("zipf"):
         return zipf_data(**_zipf_params(str(spec), vocab_size))
-    check_data(spec, vocab_size)
+    source = text_source(spec)
+    if source is None:
+        return _shards(Path(spec).expanduser(), vocab_size)
+    return _text(source, vocab_size, cache_root(cache_dir))
+
+
+def text_source(spec: str | Path | None) -> TextSource | None:
+    """The text files behind a data spec; None for token shards and the Zipfian source."""
+    if spec is None or str(spec) in ("stdlib", "stdlib:no-tests"):
+        return stdlib_source(include_tests=str(spec) != "stdlib:no-tests")
+    if str(spec).startswith("zipf"):
+        return None
+    check_data(spec, 0)  # a path that does not exist: one line (the vocabulary plays no part)
     path = Path(spec).expanduser()
-    if _is_shards(path):
-        return _shards(path, vocab_size)
+    if path.suffix == ".bin" or (path.is_dir() and any(path.glob("*.bin"))):
+        return None
     source = user_text_source(path)
     if not source.files:
         raise UserError(f"data: {path} holds no text files")
-    return _text(source, vocab_size, cache_root(cache_dir))
+    return source
+
+
+def load_text(source: TextSource, vocab_size: int, cache_dir: str | Path | None = None):
+    """A text corpus's token streams and its byte-level BPE tokenizer (``tokenizers.Tokenizer``),
+    built once and cached."""
+    from tokenizers import Tokenizer
+
+    folder = build_text_corpus(source, vocab_size, cache_root(cache_dir))
+    return _streams(folder), Tokenizer.from_file(str(folder / "tokenizer.json"))
 
 
 def check_data(spec: str | Path | None, vocab_size: int) -> None:
@@ -112,22 +131,19 @@ def vocab_range(spec: str | Path | None) -> tuple[int, int, str] | None:
     The BPE starts from 256 bytes and the end-of-text token; each merge needs a pair of adjacent
     tokens in the text, so the vocabulary grows by at most one per byte of text beyond that.
     """
-    if spec is not None and (str(spec).startswith("zipf") or _is_shards(Path(spec).expanduser())):
+    source = text_source(spec)
+    if source is None:
         return None
-    if spec is None or str(spec) in ("stdlib", "stdlib:no-tests"):
-        source = stdlib_source(include_tests=str(spec) != "stdlib:no-tests")
-    else:
-        source = user_text_source(Path(spec).expanduser())
     low = 256 + 1
     return low, low + sum((source.root / f).stat().st_size for f in source.files), source.name
 
 
-def _is_shards(path: Path) -> bool:
-    return path.suffix == ".bin" or (path.is_dir() and any(path.glob("*.bin")))
-
-
 def _text(source, vocab_size: int, cache_dir: Path) -> TokenData:
-    train, val, info = load_built(build_text_corpus(source, vocab_size, cache_dir))
+    return _streams(build_text_corpus(source, vocab_size, cache_dir))
+
+
+def _streams(folder: Path) -> TokenData:
+    train, val, info = load_built(folder)
     return TokenData(TokenStream([train]), TokenStream([val]), info)
 
 

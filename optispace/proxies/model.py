@@ -70,6 +70,24 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
+class LayerCache:
+    """One layer's keys and values of the positions decoded so far (a KV cache), shaped (B, H, T, Dh)."""
+
+    def __init__(self) -> None:
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append this call's keys and values; return all of them."""
+        self.k = k if self.k is None else torch.cat((self.k, k), dim=2)
+        self.v = v if self.v is None else torch.cat((self.v, v), dim=2)
+        return self.k, self.v
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -77,11 +95,21 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
         self.proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """``x`` (batch, time, dim) -> (batch, time, dim); each head attends over head_dim channels."""
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: LayerCache | None = None) -> torch.Tensor:
+        """``x`` (batch, time, dim) -> (batch, time, dim); each head attends over head_dim channels.
+
+        With a ``cache`` holding ``start`` earlier positions, ``x`` is the next token(s): they sit at
+        positions ``start...`` and attend to the whole cached prefix.
+        """
         q, k, v = rearrange(self.qkv(x), "b t (qkv h d) -> qkv b h t d", qkv=3, h=self.heads)
+        start = 0 if cache is None else cache.length
+        if start:
+            cos, sin = cos[start:], sin[start:]
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if cache is not None:
+            k, v = cache.extend(k, v)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=not start)
         return self.proj(rearrange(y, "b h t d -> b t (h d)"))
 
 
@@ -103,13 +131,16 @@ class Block(nn.Module):
         self.mlp_norm = nn.RMSNorm(cfg.dim, eps=NORM_EPS)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: LayerCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache)
         return x + self.mlp(self.mlp_norm(x))
 
 
 class GPT(nn.Module):
-    """``GPT(cfg)(idx)`` gives logits (B, T, V); ``GPT(cfg)(idx, targets)`` the mean cross-entropy."""
+    """``GPT(cfg)(idx)`` gives logits (B, T, V); ``GPT(cfg)(idx, targets)`` the mean cross-entropy.
+    With ``cache`` (one ``LayerCache`` per block, from ``new_cache``) the keys and values of ``idx`` are
+    kept, and a later call with one token per row continues after them (sampling, Pope et al. 2022)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -131,10 +162,14 @@ class GPT(nn.Module):
             if p.dim() == 2:
                 nn.init.normal_(p, std=residual_std if name.endswith("proj.weight") else INIT_STD)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+    def new_cache(self) -> list[LayerCache]:
+        return [LayerCache() for _ in self.blocks]
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                cache: list[LayerCache] | None = None) -> torch.Tensor:
         x = self.embed(idx)
-        for block in self.blocks:
-            x = block(x, self.cos, self.sin)
+        for i, block in enumerate(self.blocks):
+            x = block(x, self.cos, self.sin, None if cache is None else cache[i])
         logits = self.lm_head(self.norm(x))
         if self.cfg.output_mult != 1.0:
             logits = logits * self.cfg.output_mult

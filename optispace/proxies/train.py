@@ -18,7 +18,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,9 @@ import torch
 
 from optispace.errors import UserError
 from optispace.optimizer import Optimizer
-from optispace.proxies.data import TokenData, check_fits, load_data, train_batch, val_batches
+from optispace.proxies.data import TokenData
 from optispace.proxies.model import GPT
+from optispace.proxies.regime import Regime, build_regime, precision
 from optispace.proxies.tiers import TIERS, Tier, shaped
 
 SCHEDULES = ("cosine", "linear", "wsd", "constant")
@@ -35,6 +36,7 @@ WSD_DECAY = 0.2  # warmup-stable-decay: linear decay over the last 20% of steps 
 DIVERGENCE_FACTOR = 2.0  # a loss above twice that of a uniform guess (2 ln V) counts as diverged
 CHECKPOINT_FORMAT = 1
 log = logging.getLogger("optispace.train")
+NEW_ROWS = ("mean", "random")  # how SFT initialises the embedding and head rows of its new tokens
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,15 @@ class TrainConfig:
     eval_batches: int = 8
     compile: bool = False
     cache_dir: str | Path | None = None
+    regime: str = "pretrain"
+    init: str | Path | None = None
+    pairs: str | Path | None = None
+    new_rows: str = "mean"
+    task: str = "reverse"
+    group_size: int = 8
+    clip: float = 0.2
+    kl: float = 0.0
+    updates_per_batch: int = 1
     shape: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -75,6 +86,7 @@ class TrainConfig:
              "a positive norm, or None for no clipping"),
             (self.eval_every >= 1, "eval_every", self.eval_every, "a number of steps >= 1"),
             (self.eval_batches >= 1, "eval_batches", self.eval_batches, "a number of batches >= 1"),
+            *self._regime_checks(),
         ]
         for ok, name, value, allowed in checks:
             if not ok:
@@ -89,6 +101,26 @@ class TrainConfig:
         """The proxy's tier with ``shape`` applied."""
         return shaped(TIERS[self.proxy], self.shape)
 
+    def _regime_checks(self) -> list[tuple[bool, str, Any, str]]:
+        from optispace.proxies.regime import REGIMES
+        from optispace.proxies.tasks import TASKS
+
+        tuning = self.regime in ("sft", "rl")
+        return [
+            (self.regime in REGIMES, "regime", self.regime, f"one of {', '.join(REGIMES)}"),
+            (self.init is None or tuning, "init", self.init, "a checkpoint only with regime sft or rl"),
+            (self.pairs is None or self.regime == "sft", "pairs", self.pairs, "prompt/response pairs only "
+             "with regime sft"),
+            (self.new_rows in NEW_ROWS, "new_rows", self.new_rows, f"one of {', '.join(NEW_ROWS)}"),
+            (self.task in TASKS, "task", self.task, f"a task: {', '.join(TASKS)}"),
+            (self.group_size >= 2, "group_size", self.group_size,
+             "an integer >= 2 (advantages are normalised within each group of samples)"),
+            (self.clip > 0, "clip", self.clip, "a positive clip range of the importance ratio"),
+            (self.kl >= 0, "kl", self.kl, "a KL weight >= 0"),
+            (self.updates_per_batch >= 1, "updates_per_batch", self.updates_per_batch,
+             "a number of policy updates per batch of samples >= 1"),
+        ]
+
     def as_dict(self) -> dict:
         """The config as plain JSON types (paths as strings, tuples as lists)."""
         return json.loads(json.dumps(asdict(self), default=str))
@@ -96,7 +128,11 @@ class TrainConfig:
 
 @dataclass
 class RunRecord:
-    """The result of one run. ``curve`` points: step, tokens, train_loss, val_loss, elapsed_s.
+    """The result of one run. ``curve`` points: step, tokens, train_loss, val_loss, elapsed_s, then the
+    regime's other evaluation numbers (rl: ``reward``, ``sampled_reward``). ``val_loss`` (and
+    ``final_val_loss``) is the value of the regime's ``objective``, a number to minimise: the val loss
+    (pretrain), the response val loss (sft), one minus the mean held-out reward (rl). ``metrics``: the
+    regime's final measurements (sft: pretraining val loss at start and end, forgetting; rl: reward).
     ``diverged`` is None, "non-finite loss" or "loss above bound"; then ``final_val_loss`` is None.
     ``tokens_per_s`` counts the training steps of this call only (evaluations excluded);
     ``wall_time_s`` the whole loop, evaluations included, plus the time before a resume."""
@@ -112,6 +148,9 @@ class RunRecord:
     state_bytes: dict[str, int] = field(default_factory=dict)
     device: str = "cpu"
     probes: dict[str, dict] = field(default_factory=dict)
+    regime: str = "pretrain"
+    objective: str = "val_loss"
+    metrics: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -164,22 +203,24 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, int, float], None] | None = 
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls
     torch.manual_seed(cfg.seed)
-    model = GPT(tier.model).to(device)
+    regime = build_regime(cfg, tier, device)
+    model = regime.model
     optimizer = make_optimizer(model, cfg)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
-    data = load_data(cfg.data, tier.model.vocab_size, cfg.cache_dir)
-    check_fits(data, tier.model.seq_len)
-    steps = math.ceil((cfg.tokens or tier.tokens) / tier.tokens_per_step)
+    steps = math.ceil((cfg.tokens or regime.default_tokens) / tier.tokens_per_step)
     config = cfg.as_dict() | {"steps": steps, "batch_size": tier.batch_size, "seq_len": tier.model.seq_len,
-                              "tokens_per_step": tier.tokens_per_step, "model": asdict(tier.model)}
-    record = RunRecord(config=config, corpus=data.info, device=str(device))
+                              "tokens_per_step": tier.tokens_per_step, "model": asdict(model.cfg)}
+    record = RunRecord(config=config, corpus=regime.data.info, device=str(device), regime=regime.name,
+                       objective=regime.objective)
     start, elapsed_before = 0, 0.0
     if resume is not None:
-        start, elapsed_before = _load_checkpoint(Path(resume), model, optimizer, record)
-    run = _Run(cfg, model, optimizer, base_lrs, data, device, steps, callbacks, record)
-    _notify_start(callbacks, model, optimizer, data)
+        start, elapsed_before = _load_checkpoint(Path(resume), regime, optimizer, record)
+    run = _Run(cfg, regime, optimizer, base_lrs, device, steps, callbacks, record)
+    _notify_start(callbacks, model, optimizer, regime.data)
     run.loop(start, elapsed_before, on_eval, progress, None if checkpoint is None else Path(checkpoint))
     record.state_bytes = optimizer.state_bytes()
+    if not record.diverged:
+        record.metrics = run.finish()
     for cb in callbacks:
         summary = cb.on_end(record) if hasattr(cb, "on_end") else None
         if summary is not None:
@@ -190,28 +231,24 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, int, float], None] | None = 
 class _Run:
     """The state of one training run between steps."""
 
-    def __init__(self, cfg: TrainConfig, model: GPT, optimizer: Optimizer, base_lrs: list[float],
-                 data: TokenData, device: torch.device, steps: int, callbacks: list, record: RunRecord):
+    def __init__(self, cfg: TrainConfig, regime: Regime, optimizer: Optimizer, base_lrs: list[float],
+                 device: torch.device, steps: int, callbacks: list, record: RunRecord):
         tier = cfg.tier
-        self.cfg, self.model, self.optimizer, self.base_lrs = cfg, model, optimizer, base_lrs
-        self.data, self.device, self.steps = data, device, steps
+        self.cfg, self.regime, self.model = cfg, regime, regime.model
+        self.optimizer, self.base_lrs, self.device, self.steps = optimizer, base_lrs, device, steps
         self.callbacks, self.record = callbacks, record
-        self.batch_size, self.seq_len = tier.batch_size, tier.model.seq_len
-        self.forward = torch.compile(model) if cfg.compile else model
-        self.val = [(x.to(device), y.to(device))
-                    for x, y in val_batches(data, cfg.eval_batches, self.batch_size, self.seq_len)]
-        self.bound = DIVERGENCE_FACTOR * math.log(tier.model.vocab_size)
+        self.tokens_per_step = tier.tokens_per_step
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.bound = DIVERGENCE_FACTOR * math.log(self.model.cfg.vocab_size)
 
     def precision(self) -> contextlib.AbstractContextManager:
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return precision(self.device)
 
     def loop(self, start: int, elapsed_before: float, on_eval, progress: bool,
              checkpoint: Path | None) -> None:
         from tqdm.auto import tqdm
 
-        record, tokens_per_step = self.record, self.batch_size * self.seq_len
+        record, tokens_per_step = self.record, self.tokens_per_step
         t_start, train_time, done = time.perf_counter(), 0.0, 0
         recipe = self.cfg.recipe if isinstance(self.cfg.recipe, str) else "chains"
         bar = tqdm(total=self.steps, initial=start, disable=None if progress else True, unit="step",
@@ -229,10 +266,11 @@ class _Run:
                 bar.set_postfix_str(f"loss {loss:.4f}, {tokens_per_s:,.0f} tok/s", refresh=False)
                 if step % self.cfg.eval_every and step != self.steps:
                     continue
-                val_loss = self.evaluate()
+                values = self.evaluate()
+                val_loss = values.pop(self.regime.objective)
                 record.curve.append({"step": step, "tokens": step * tokens_per_step, "train_loss": loss,
                                      "val_loss": val_loss,
-                                     "elapsed_s": elapsed_before + time.perf_counter() - t_start})
+                                     "elapsed_s": elapsed_before + time.perf_counter() - t_start, **values})
                 if self.check_divergence(val_loss, step):
                     break
                 if checkpoint is not None:
@@ -258,37 +296,45 @@ class _Run:
 
     def train_step(self, step: int) -> float:
         """One update; returns the training loss, or marks the record diverged (no update made)."""
-        x, y = (t.to(self.device, non_blocking=True)
-                for t in train_batch(self.data, self.cfg.seed, step, self.batch_size, self.seq_len))
+        batch = self.regime.batch(step)
         factor = lr_multiplier(self.cfg.schedule, self.cfg.warmup, self.steps, step)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
             group["lr"] = base * factor
         with self.precision():
-            loss = self.forward(x, y)
+            loss = self.regime.loss(self.forward, batch)
         loss.backward()
         value = loss.item()
         if self.check_divergence(value, step):
             return value
         for cb in self.callbacks:
             if hasattr(cb, "on_after_backward"):
-                cb.on_after_backward(step, self.model, self.optimizer, (x, y))
+                cb.on_after_backward(step, self.model, self.optimizer, batch[:2])
         if self.cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         for cb in self.callbacks:
             if hasattr(cb, "on_after_step"):
-                cb.on_after_step(step, self.model, self.optimizer, (x, y))
+                cb.on_after_step(step, self.model, self.optimizer, batch[:2])
         return value
 
     @torch.no_grad()
-    def evaluate(self) -> float:
-        """Mean loss over the fixed validation batches."""
+    def evaluate(self) -> dict[str, float]:
+        """The regime's evaluation (its objective among it), in eval mode."""
         self.model.eval()
         with self.precision():
-            losses = [self.forward(x, y).item() for x, y in self.val]
+            values = self.regime.evaluate(self.forward)
         self.model.train()
-        return sum(losses) / len(losses)
+        return values
+
+    @torch.no_grad()
+    def finish(self) -> dict:
+        """The regime's final measurements (e.g. SFT's forgetting), in eval mode."""
+        self.model.eval()
+        with self.precision():
+            metrics = self.regime.finish(self.forward)
+        self.model.train()
+        return metrics
 
     def check_divergence(self, loss: float, step: int) -> bool:
         if math.isfinite(loss) and loss <= self.bound:
@@ -299,18 +345,20 @@ class _Run:
 
     def save_checkpoint(self, path: Path, step: int, elapsed: float) -> None:
         """Everything a resumed run needs, written to a temp file and renamed (never half-written)."""
-        state = {"format": CHECKPOINT_FORMAT, "config": self.record.config, "step": step,
-                 "elapsed_s": elapsed, "curve": self.record.curve, "model": self.model.state_dict(),
-                 "optimizer": self.optimizer.state_dict(), "rng": torch.get_rng_state(),
+        state = {"format": CHECKPOINT_FORMAT, "config": self.record.config, "corpus": self.record.corpus,
+                 "step": step, "elapsed_s": elapsed, "curve": self.record.curve,
+                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "regime": self.regime.state_dict(), "rng": torch.get_rng_state(),
                  "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None}
         tmp = path.with_name(f".{path.name}.tmp")
         torch.save(state, tmp)
         tmp.replace(path)
 
 
-def _load_checkpoint(path: Path, model: GPT, optimizer: Optimizer,
+def _load_checkpoint(path: Path, regime: Regime, optimizer: Optimizer,
                      record: RunRecord) -> tuple[int, float]:
-    """Restore a checkpoint into ``model``/``optimizer``/``record``; returns (step, elapsed seconds)."""
+    """Restore a checkpoint into the regime's model and state, ``optimizer`` and ``record``; returns
+    (step, elapsed seconds)."""
     if not path.is_file():
         raise UserError(f"resume: checkpoint {path} does not exist")
     try:
@@ -320,12 +368,16 @@ def _load_checkpoint(path: Path, model: GPT, optimizer: Optimizer,
         raise UserError(f"resume: cannot read {path} as a checkpoint ({reason})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"resume: {path} is not an optispace checkpoint of format {CHECKPOINT_FORMAT}")
-    differ = sorted(k for k in record.config.keys() | state["config"].keys()
-                    if record.config.get(k) != state["config"].get(k))
+    # a checkpoint from before a setting existed was made at that setting's default
+    defaults = {f.name: f.default_factory() if f.default is MISSING else f.default
+                for f in fields(TrainConfig) if f.default is not MISSING or f.default_factory is not MISSING}
+    theirs = defaults | state["config"]
+    differ = sorted(k for k in record.config.keys() | theirs.keys() if record.config.get(k) != theirs.get(k))
     if differ:
         raise UserError(f"resume: {path} was made with a different config ({', '.join(differ)} differ); "
                         "resume with the same settings")
-    model.load_state_dict(state["model"])
+    regime.model.load_state_dict(state["model"])
+    regime.load_state_dict(state.get("regime", {}))
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"])
     if state["cuda_rng"] is not None and torch.cuda.is_available():

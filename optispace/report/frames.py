@@ -177,6 +177,8 @@ class StudyInfo:
     proxy: str | None = None
     seeds: tuple[int, ...] = ()
     search: dict[str, Any] = field(default_factory=dict)
+    regime: str = "pretrain"
+    objective: str = "val_loss"
 
 
 def study_info(study: optuna.Study) -> StudyInfo:
@@ -194,6 +196,8 @@ def study_info(study: optuna.Study) -> StudyInfo:
         proxy=str(attrs["proxy"]) if attrs.get("proxy") is not None else None,
         seeds=tuple(int(s) for s in attrs.get("seeds", ())),
         search=dict(attrs.get("search") or {}),
+        regime=str(attrs.get("regime", "pretrain")),
+        objective=str(attrs.get("objective", "val_loss")),
     )
 
 

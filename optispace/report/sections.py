@@ -52,6 +52,8 @@ def _setup(r: Report) -> str:
         f"- Question: {r.info.question or NULL}",
         f"- Proxy: {r.info.proxy or NULL}; objectives: {', '.join(r.info.objectives) or NULL} "
         f"({', '.join(r.info.directions)})",
+        *([f"- Regime: {r.info.regime}; its objective {r.info.objective} is what this report calls val loss"]
+          if r.info.regime != "pretrain" else []),
         f"- Seeds per trial: {', '.join(map(str, r.info.seeds)) or NULL}; "
         f"divergence penalty: {_or_null(r.info.penalty, fmt_loss)}",
         f"- Tolerance: {r.tolerance:g} val loss ({r.tolerance_source})",

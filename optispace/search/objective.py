@@ -89,6 +89,8 @@ def train_config(
         "eval_batches": proxy.eval_batches,
         "compile": proxy.compile,
         "probes": proxy.probes if seed == spec.seeds[0] else (),
+        "regime": proxy.regime,
+        **proxy.regime_settings,
     }
 
 
@@ -202,7 +204,8 @@ def _record_configuration(
         role: RoleRun(trained=draw.trained, label=draw.structure, lr=draw.lr)
         for role, draw in configuration.draws.items()
     }
-    write(trial, TrialRecord(roles=roles, hp=configuration.hp, seeds=tuple(spec.seeds), scale=point))
+    write(trial, TrialRecord(roles=roles, hp=configuration.hp, seeds=tuple(spec.seeds),
+                             regime=spec.proxy.regime, scale=point))
 
 
 def _run_record(

@@ -8,6 +8,7 @@ allowed. The layout (see ``searches/smoke.toml`` for a commented example)::
     [proxy]   tier, data, tokens | steps, eval_every, eval_batches, schedule, warmup, grad_clip,
               device, compile, threads (CPU threads per worker; default: the cores shared out),
               probes (names from ``optispace.probes.PROBES`` recorded on each trial; default none),
+              regime (pretrain, sft or rl; default pretrain) and its settings (REGIME_KEYS),
               vocab, dim, layers, heads, batch_size, seq_len, tokens: a value (overrides the tier's)
               or a list (a scale axis, swept as a grid; see ``optispace.search.scale``)
     [scaling] tokens_per_param (the budget rule, instead of tokens | steps), lr_rule (plain | mup),
@@ -100,6 +101,8 @@ class ProxySpec:
     shape: dict[str, int] = field(default_factory=dict)
     #: Scale axes given as a list: the grid, by axis in ``optispace.search.scale.AXES`` order.
     sweep: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    regime: str = "pretrain"
+    regime_settings: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -407,6 +410,7 @@ def parse_search_data(raw: dict[str, Any], path: str = "<search>", text: str = "
 
 def _proxy(table: _Table, budget_rule: bool = False) -> ProxySpec:
     from optispace.proxies import TIERS
+    from optispace.proxies.regime import REGIMES
     from optispace.proxies.train import SCHEDULES
     from optispace.search.scale import AXES, grid
 
@@ -458,8 +462,13 @@ def _proxy(table: _Table, budget_rule: bool = False) -> ProxySpec:
         probes=tuple(table.get("probes", _probe_names, [])),
         shape=fixed,
         sweep=sweep,
+        regime=table.get("regime", _one_of(REGIMES), "pretrain"),
+        regime_settings={key: table.get(key, check) for key, check in _regime_keys().items()
+                         if key in table.data},
     )
     table.done()
+    if spec.regime == "pretrain" and spec.regime_settings:
+        raise table.error(next(iter(spec.regime_settings)), 'a setting of regime "sft" or "rl"; set regime')
     return spec
 
 
@@ -556,6 +565,31 @@ def _check_points(scaling_table: _Table, proxy: ProxySpec, scaling: ScalingSpec)
 
 def _describe(point: dict[str, int]) -> str:
     return ", ".join(f"{axis} = {value}" for axis, value in point.items())
+
+
+def _checkpoint(value: Any) -> str | None:
+    problem = _string(value)
+    if problem is None and not Path(value).is_file():
+        return f"{value!r} is not a checkpoint file (write one with `optispace train --checkpoint`)"
+    return problem
+
+
+def _pairs(value: Any) -> str | None:
+    from optispace.proxies.tasks import TASKS
+
+    if isinstance(value, str) and value.startswith("task:"):
+        return None if value.removeprefix("task:") in TASKS else f"{value!r}: tasks are {', '.join(TASKS)}"
+    return _string(value) or (None if Path(value).is_file() else f"{value!r} is not a JSONL file of pairs")
+
+
+def _regime_keys() -> dict[str, Callable[[Any], str | None]]:
+    """``[proxy]`` keys of the sft and rl regimes (``TrainConfig`` fields of the same names)."""
+    from optispace.proxies.tasks import TASKS
+    from optispace.proxies.train import NEW_ROWS
+
+    return {"init": _checkpoint, "pairs": _pairs, "new_rows": _one_of(NEW_ROWS),
+            "task": _one_of(tuple(TASKS)), "group_size": _integer(2), "clip": _real(0.0, open_low=True),
+            "kl": _real(0.0), "updates_per_batch": _integer(1)}
 
 
 def _roles(table: _Table) -> dict[str, RoleSpace]:

@@ -127,12 +127,16 @@ def make_pruner(spec: SearchSpec) -> optuna.pruners.BasePruner:
 
 def study_attrs(spec: SearchSpec) -> dict[str, object]:
     """The study's user attributes (DESIGN.md, Trials), as the report reads them."""
+    from optispace.proxies.objectives import OBJECTIVES
+
     return {
         "search": spec.raw,
         "question": spec.question,
         "tolerance": spec.tolerance,
         "objectives": list(spec.objectives),
         "proxy": spec.proxy.tier,
+        "regime": spec.proxy.regime,
+        "objective": OBJECTIVES[spec.proxy.regime],
         "penalty": spec.penalty,
         "seeds": list(spec.seeds),
     }
