@@ -25,6 +25,7 @@ import itertools
 import os
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -51,13 +52,18 @@ def median_interval(times: list[float]) -> float:
     return statistics.median(b - a for a, b in itertools.pairwise(times))
 
 
-def bare_loop(cfg: TrainConfig, steps: int) -> tuple[float, float]:
-    """(tokens/s, median seconds per step) of the minimal loop (bf16 autocast on CUDA, as ``train``)."""
+def bare_loop(cfg: TrainConfig, steps: int,
+              make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer] | None = None,
+              ) -> tuple[float, float]:
+    """(tokens/s, median seconds per step) of the minimal loop (bf16 autocast on CUDA, as ``train``).
+
+    ``make_optimizer(model)``: the optimizer to step (default: the config's recipe and lr).
+    """
     tier = TIERS[cfg.proxy]
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = GPT(tier.model).to(device)
-    optimizer = Optimizer(model, cfg.recipe, lr=cfg.lr)
+    optimizer = Optimizer(model, cfg.recipe, lr=cfg.lr) if make_optimizer is None else make_optimizer(model)
     forward = torch.compile(model) if cfg.compile else model
     data = load_data(cfg.data, tier.model.vocab_size, cfg.cache_dir)
     started = time.perf_counter()

@@ -12,12 +12,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import torch
 
-from primitives import REGISTRY, Context, Primitive, StateSpec
+from primitives import REGISTRY, Context, Primitive, PureContext, StateSpec
 
 IDENTITY = "identity"
 
@@ -39,6 +40,10 @@ class Chain:
             if not isinstance(p, Primitive):
                 raise ValueError(f"chain: {p!r} is not a primitive; a chain holds primitives.Primitive "
                                  "objects")
+        # Computed now, not on first use inside torch.compile'd code, which cannot take the lock
+        # functools.cached_property holds while computing.
+        for name in ("state_keys", "_deferrable", "_settled", "structure"):
+            getattr(self, name)
 
     def __str__(self) -> str:
         return " > ".join(_format_primitive(p) for p in self.primitives) or IDENTITY
@@ -92,19 +97,72 @@ class Chain:
             tail = tail and p.homogeneous
         return tuple(reversed(out))
 
-    def apply(self, u: torch.Tensor, state: dict[str, Any], ctx: Context) -> torch.Tensor:
-        """Run every primitive in order on ``u``; ``state`` is the flat per-parameter state."""
-        for p, keys, deferrable in zip(self.primitives, self.state_keys, self._deferrable, strict=True):
+    @property
+    def fusable(self) -> bool:
+        """Has every primitive a pure form (:meth:`pure`), so the chain can be compiled whole?"""
+        return all(p.fusable for p in self.primitives)
+
+    @functools.cached_property
+    def structure(self) -> tuple:
+        """The chain with its numbers left out: chains equal here run the same compiled code."""
+        out = []
+        for p, numbers in zip(self.primitives, self.numbers(), strict=True):
+            words = tuple((k, v) for k, v in p.arguments().items() if k not in numbers)
+            out.append((p.name, words, tuple(numbers)))
+        return tuple(out)
+
+    def numbers(self) -> list[dict[str, float]]:
+        """Per primitive, its numbers (``Primitive.numbers``): what is left out of :attr:`structure`."""
+        return [p.numbers() for p in self.primitives]
+
+    def scalars(self, step: int, lr: float) -> list[dict[str, float]]:
+        """Per primitive, the numbers its pure form uses at ``step`` (``Primitive.scalars``)."""
+        return [p.scalars(step, lr) for p in self.primitives]
+
+    def pure(self, u: torch.Tensor, state: dict[str, Any], ctx: PureContext,
+             scalars: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        """:meth:`apply` through every primitive's pure form; ``scalars`` as :meth:`scalars`, as tensors.
+
+        The caller makes the update, ``param <- ctx.param - ctx.step_size * u``.
+        """
+        for p, keys, deferrable, hp in zip(self.primitives, self.state_keys, self._deferrable, scalars,
+                                           strict=True):
             ctx.deferrable = deferrable
+            u = p.pure(u, {f: state[k] for f, k in keys.items()}, ctx, hp)
+        return u
+
+    @functools.cached_property
+    def _settled(self) -> tuple[bool, ...]:
+        """Per position: does no later primitive read the parameter (so a decay may wait)?"""
+        out, tail = [], True
+        for p in reversed(self.primitives):
+            out.append(tail)
+            tail = tail and not p.reads_param
+        return tuple(reversed(out))
+
+    def _positions(self) -> Iterator[tuple[Primitive, dict[str, str], bool, bool, bool]]:
+        """Per primitive: (primitive, state keys, deferrable, param settled, final)."""
+        last = len(self.primitives) - 1
+        for i, (p, keys) in enumerate(zip(self.primitives, self.state_keys, strict=True)):
+            yield p, keys, self._deferrable[i], self._settled[i], i == last
+
+    def apply(self, u: torch.Tensor, state: dict[str, Any], ctx: Context) -> torch.Tensor:
+        """Run every primitive in order on ``u``; ``state`` is the flat per-parameter state.
+
+        The caller then makes the update, ``ctx.update(param, u)``, unless ``ctx.applied`` says
+        the last primitive made it.
+        """
+        for p, keys, deferrable, settled, final in self._positions():
+            ctx.deferrable, ctx.param_settled, ctx.final = deferrable, settled, final
             u = p.apply(u, {f: state[k] for f, k in keys.items()}, ctx)
         return u
 
     def apply_many(self, us: list[torch.Tensor], states: list[dict[str, Any]],
                    ctxs: list[Context]) -> list[torch.Tensor]:
         """:meth:`apply` for several parameters at once (``torch._foreach_*`` where a primitive can)."""
-        for p, keys, deferrable in zip(self.primitives, self.state_keys, self._deferrable, strict=True):
+        for p, keys, deferrable, settled, final in self._positions():
             for ctx in ctxs:
-                ctx.deferrable = deferrable
+                ctx.deferrable, ctx.param_settled, ctx.final = deferrable, settled, final
             us = p.apply_many(us, [{f: s[k] for f, k in keys.items()} for s in states], ctxs)
         return us
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+import optispace.fused as fused_step
 from optispace.chain import Chain, parse_chain
 from optispace.recipes import Recipe, check_lr, get_recipe
 from optispace.roles import ROLES, Override, assign_roles, check_role, token_roles_unknown
@@ -96,7 +97,9 @@ class Optimizer(torch.optim.Optimizer):
     ``(name, param) -> role | None``, or the model the parameters come from. ``lr`` sets every
     role's lr, ``role_lr`` single roles'; a group's own ``lr`` comes first. ``foreach``: step a
     group's parameters with multi-tensor operations (default: on accelerators, and on CPU for groups
-    of small tensors; the same bits either way). Every mistake (an unknown recipe, role or
+    of small tensors; the same bits either way). ``fused=True``: step each group whose chain has
+    pure forms through its ``torch.compile``d update (``optispace.fused``; equal to the eager step to
+    1e-6, not bit for bit); not with ``foreach=True``, as in torch. Every mistake (an unknown recipe, role or
     hyperparameter, a bad value, a chain that cannot act on a parameter's shape) raises
     ``ValueError`` here, at build time.
     """
@@ -104,7 +107,8 @@ class Optimizer(torch.optim.Optimizer):
     def __init__(
         self, model_or_params: nn.Module | Iterable, recipe: RecipeSpec = "adamw", *,
         lr: float | None = None, role_lr: Mapping[str, float] | None = None,
-        roles: Override | None = None, foreach: bool | None = None, **hyperparameters: Any,
+        roles: Override | None = None, foreach: bool | None = None, fused: bool | None = None,
+        **hyperparameters: Any,
     ) -> None:
         if isinstance(model_or_params, nn.Module):
             _refuse_sparse(model_or_params)
@@ -120,8 +124,10 @@ class Optimizer(torch.optim.Optimizer):
             raise ValueError(f"optimizer: {reason}, and recipe {_recipe_name(recipe)} treats embed or head "
                              "unlike matrix; pass the model, model.named_parameters(), or roles= (a "
                              "{name: role} mapping, a function (name, param) -> role, or the model itself)")
+        _check_fused(fused, foreach, next(iter(assigned.values()))[1].device)
         self._recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
         self._workspace = Workspace()
+        self._chains: dict[str, Chain] = {}  # chain text -> parsed chain
         self._derived: dict[tuple[str, str], str] = {}  # (role, hyperparameters) -> chain text
         groups = []
         for index, opts in enumerate(options):
@@ -132,7 +138,8 @@ class Optimizer(torch.optim.Optimizer):
                 raise ValueError(str(e) if opts is None else f"param group {index}: {e}") from None
         _, _, default_hp = resolve_recipe(recipe, [], lr, role_lr, hyperparameters)
         default_lr = lr if lr is not None else getattr(self._recipe, "lr", None)
-        defaults = {"foreach": foreach, **default_hp, **({} if default_lr is None else {"lr": default_lr})}
+        defaults = {"foreach": foreach, "fused": fused, **default_hp,
+                    **({} if default_lr is None else {"lr": default_lr})}
         super().__init__(groups, defaults)
 
     def _refresh_chains(self) -> None:
@@ -182,6 +189,7 @@ class Optimizer(torch.optim.Optimizer):
         chain = param_group["chain"]
         chain = chain if isinstance(chain, Chain) else parse_chain(chain)
         param_group["chain"] = str(chain)
+        self._chains[param_group["chain"]] = chain
         param_group["lr"] = check_lr(param_group["lr"], f"role {role!r}")
         params = list(param_group["params"])
         for i, item in enumerate(params):
@@ -197,10 +205,11 @@ class Optimizer(torch.optim.Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # torch pickles defaults, state and param_groups (and the recipe, below): scratch buffers
-        # and the derived chain texts start afresh.
+        # the parsed and derived chain texts start afresh.
         super().__setstate__(state)
         self._workspace = Workspace()
         self._recipe = state.get("_recipe", getattr(self, "_recipe", None))
+        self._chains = {}
         self._derived = {}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -223,17 +232,38 @@ class Optimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            chain = parse_chain(group["chain"])
+            chain = self._chain(group["chain"])
             params = [p for p in group["params"] if p.grad is not None]
             if any(p.grad.is_sparse for p in params):
                 raise ValueError("optispace.Optimizer does not take sparse gradients (as from "
                                  "nn.Embedding(sparse=True))")
-            if _grouped(params, group["foreach"]):
+            if group["fused"] and chain.fusable and params and len({p.device for p in params}) == 1:
+                self._step_fused(params, chain, group["lr"])
+            elif _grouped(params, group["foreach"]):
                 self._step_many(params, chain, group["lr"])
             else:
                 for p in params:
                     self._step_one(p, chain, group["lr"])
         return loss
+
+    def _chain(self, text: str) -> Chain:
+        """The parsed chain of a group's text, parsed once per distinct text.
+
+        A group's text may change between steps (a scheduler re-deriving a recipe's chain from new
+        hyperparameters); the new text is parsed on its first step and found in the cache after, so
+        a step is a dictionary lookup, which ``torch.compile`` traces without a graph break.
+        """
+        chain = self._chains.get(text)
+        if chain is None:
+            chain = self._chains[text] = parse_chain(text)
+        return chain
+
+    def _step_fused(self, params: list[torch.Tensor], chain: Chain, lr: float) -> None:
+        """One step for parameters on one device through the chain's compiled pure update."""
+        states = [self.state[p] for p in params]
+        for state in states:
+            state["step"] += 1
+        fused_step.step(chain, params, states, lr)
 
     def _step_many(self, params: list[torch.Tensor], chain: Chain, lr: float) -> None:
         """One step for fp32 parameters on one device, with multi-tensor (foreach) operations."""
@@ -243,9 +273,14 @@ class Optimizer(torch.optim.Optimizer):
         ctxs = [Context(grad=p.grad, param=p, step=s["step"], lr=lr, workspace=self._workspace)
                 for p, s in zip(params, states, strict=True)]
         us = chain.apply_many([p.grad for p in params], states, ctxs)
+        # Context.update for the whole group: the waiting decays, then the steps, one roundings each.
+        todo = [i for i, ctx in enumerate(ctxs) if not ctx.applied]
+        decayed = [i for i in todo if ctxs[i].param_scale != 1.0]
+        if decayed:
+            torch._foreach_mul_([params[i] for i in decayed], [ctxs[i].param_scale for i in decayed])
         by_size: dict[float, list[int]] = {}
-        for i, ctx in enumerate(ctxs):
-            by_size.setdefault(ctx.step_size, []).append(i)
+        for i in todo:
+            by_size.setdefault(ctxs[i].step_size, []).append(i)
         for size, indices in by_size.items():
             torch._foreach_add_([params[i] for i in indices], [us[i] for i in indices], alpha=-size)
         self._workspace.release()
@@ -260,7 +295,8 @@ class Optimizer(torch.optim.Optimizer):
             work = self._workspace.take(tuple(p.shape), p.device).copy_(p)
         ctx = Context(grad=grad, param=work, step=state["step"], lr=lr, workspace=self._workspace)
         u = chain.apply(grad, state, ctx)
-        work.add_(u, alpha=-ctx.step_size)
+        if not ctx.applied:
+            ctx.update(work, u)
         if work is not p:
             p.copy_(work)
         self._workspace.release()
@@ -281,7 +317,7 @@ class Optimizer(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         index = {id(p): i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
         for group in self.param_groups:
-            chain = parse_chain(group["chain"])
+            chain = self._chain(group["chain"])
             for p in group["params"]:
                 saved = state_dict["state"][index[id(p)]]
                 for spec in chain.state_specs(tuple(p.shape)):
@@ -378,6 +414,15 @@ def _grouped(params: list[torch.Tensor], foreach: bool | None) -> bool:
     if foreach is None and device.type == "cpu" and any(p.numel() > _SMALL_CPU_TENSOR for p in params):
         return False
     return all(p.device == device and p.dtype == p.grad.dtype == torch.float32 for p in params)
+
+
+def _check_fused(fused: bool | None, foreach: bool | None, device: torch.device) -> None:
+    """``ValueError`` for ``fused=True`` with ``foreach=True`` (as torch) or where compile cannot run."""
+    if fused and foreach:
+        raise ValueError("fused=True and foreach=True cannot be given together (as in torch); pick one")
+    reason = fused_step.unavailable(device) if fused else None
+    if reason is not None:
+        raise ValueError(f"fused=True needs torch.compile, which cannot run here: {reason}")
 
 
 def _refuse_sparse(model: nn.Module) -> None:

@@ -7,6 +7,7 @@ from primitives.base import (
     REGISTRY,
     Context,
     Primitive,
+    PureContext,
     StateSpec,
     Workspace,
     check_arg,
@@ -23,6 +24,6 @@ from primitives.sign import Sign
 
 __all__ = [
     "L2", "REGISTRY", "ClipRMS", "Context", "Momentum", "Normalize", "Orthogonalize", "Primitive",
-    "RelativeStep", "SecondMoment", "ShapeScale", "Sign", "StateSpec", "WeightDecay", "Workspace",
-    "check_arg", "matrix_shape", "register",
+    "PureContext", "RelativeStep", "SecondMoment", "ShapeScale", "Sign", "StateSpec", "WeightDecay",
+    "Workspace", "check_arg", "matrix_shape", "register",
 ]

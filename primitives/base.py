@@ -95,6 +95,12 @@ class Context:
     :attr:`Primitive.homogeneous`), so a scalar factor may be folded into ``step_size``.
     ``workspace`` hands out scratch buffers (:meth:`buffer`) that live until the parameter's update
     is applied.
+
+    The update is ``param <- param_scale * param - step_size * u`` (:meth:`update`). ``param_scale``
+    is a decoupled decay not yet applied: a decay may wait for the update (one pass over the
+    parameter instead of two) when ``param_settled``, i.e. no later primitive reads ``param``.
+    ``final`` (set by the optimizer's chain for the last primitive) allows the primitive to make the
+    update itself, e.g. block by block while its direction is in cache; it then sets ``applied``.
     """
 
     grad: torch.Tensor
@@ -104,6 +110,10 @@ class Context:
     step_size: float | None = None
     deferrable: bool = False
     workspace: Workspace | None = None
+    param_scale: float = 1.0
+    param_settled: bool = False
+    final: bool = False
+    applied: bool = False
 
     def __post_init__(self) -> None:
         if self.step_size is None:
@@ -121,11 +131,47 @@ class Context:
             return u
         return torch.mul(u, factor, out=self.buffer(u.shape, u.device))
 
+    def update(self, param: torch.Tensor, u: torch.Tensor) -> None:
+        """``param <- param_scale * param - step_size * u`` in place (``param`` may be a block of rows).
+
+        The decay and the step are two roundings, as torch AdamW's ``mul_`` then ``add_``.
+        """
+        if self.param_scale != 1.0:
+            param.mul_(self.param_scale)
+        param.add_(u, alpha=-self.step_size)
+
     def buffer(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
         """A scratch fp32 tensor (uninitialized) for a result this step computes."""
         if self.workspace is None:
             return torch.empty(shape, device=device)
         return self.workspace.take(tuple(shape), device)
+
+
+@dataclass
+class PureContext:
+    """What a primitive's :meth:`Primitive.pure` reads: :class:`Context` with every number a tensor.
+
+    ``lr`` and ``step_size`` are 0-d float64 tensors, so code compiled for one chain runs any chain
+    of the same structure (other lrs, betas, step counts) without recompiling, and so the scalars
+    are :class:`Context`'s Python floats to the bit (in float32, ``1 - beta2`` of 0.999 would be off
+    by 1.3e-5 of itself). ``param`` is the parameter's fp32 value as the chain has left it so far
+    (a decoupled decay replaces it by the decayed value, functionally); the update is
+    ``param - step_size * u``. ``deferrable`` is :class:`Context`'s: a scalar factor may ride on
+    ``step_size``.
+    """
+
+    grad: torch.Tensor
+    param: torch.Tensor
+    lr: torch.Tensor
+    step_size: torch.Tensor
+    deferrable: bool = False
+
+    def scaled(self, u: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+        """``factor * u``, folded into ``step_size`` when no later primitive would see the difference."""
+        if self.deferrable:
+            self.step_size = self.step_size * factor
+            return u
+        return u * factor
 
 
 def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -167,6 +213,8 @@ class Primitive:
     #: True when ``apply(c * u) == c * apply(u)`` for every scalar ``c > 0`` and the state never
     #: stores ``u``: an earlier primitive may then fold a scalar into ``Context.step_size``.
     homogeneous: ClassVar[bool] = False
+    #: True when ``apply`` reads ``ctx.param`` (or changes it): an earlier decay must then be made first.
+    reads_param: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         for field, value in _as_declared_floats(self).items():
@@ -204,6 +252,36 @@ class Primitive:
         one kernel for all the tensors of a group on an accelerator instead of one per tensor.
         """
         return [self.apply(u, s, c) for u, s, c in zip(us, states, ctxs, strict=True)]
+
+    @property
+    def fusable(self) -> bool:
+        """Has this primitive a :meth:`pure` form (so a chain of such can be compiled whole)?"""
+        return type(self).pure is not Primitive.pure
+
+    def numbers(self) -> dict[str, float]:
+        """The float arguments that are set (``beta``, ``eps``, ...): what :meth:`pure` takes as tensors.
+
+        Everything else (words, flags, integers, ``None``) is the primitive's structure.
+        """
+        return {name: getattr(self, name) for name, is_tuple in _float_fields(type(self))
+                if not is_tuple and getattr(self, name) is not None}
+
+    def scalars(self, step: int, lr: float) -> dict[str, float]:
+        """The numbers :meth:`pure` uses at this step (bias corrections, ``1 - beta``, ...), made
+        with the Python float arithmetic :meth:`apply` uses; by default :meth:`numbers`.
+
+        They are made outside compiled code because there each would be made again for every
+        vector of elements (a ``pow`` per 8 floats); and the same names at every step and lr."""
+        return self.numbers()
+
+    def pure(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: PureContext,
+             hp: dict[str, torch.Tensor]) -> torch.Tensor:
+        """:meth:`apply` as tensor operations only, with :meth:`scalars` given as 0-d float64 ``hp``.
+
+        No branch on a number and no ``.item()``: ``torch.compile`` traces it once per structure.
+        State may be updated in place; the parameter is not (see :class:`PureContext`).
+        """
+        raise NotImplementedError(f"{self.name} has no pure form")
 
     def arguments(self) -> dict[str, Any]:
         """The fields as a name -> value mapping, in declaration order."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from primitives.base import Context, Primitive, StateSpec, check_arg, register
+from primitives.base import Context, Primitive, PureContext, StateSpec, check_arg, register
 
 KINDS = ("ema", "heavy_ball", "lion")
 
@@ -126,3 +126,32 @@ class Momentum(Primitive):
         if self.bias_correction is False:
             return ms
         return [c.scaled(m, 1.0 / (1.0 - self.beta**c.step)) for m, c in zip(ms, ctxs, strict=True)]
+
+    def scalars(self, step: int, lr: float) -> dict[str, float]:
+        out = {"beta": self.beta, "rate": 1.0 - self.beta}
+        if self.kind == "lion":
+            out |= {"beta2": self.beta2, "rate2": 1.0 - self.beta2}
+        elif self.kind == "heavy_ball":
+            out |= {"first": float(step == 1), "take": 1.0 - self.dampening}
+        elif not self.nesterov and self.bias_correction is not False:
+            out["correction"] = 1.0 / (1.0 - self.beta**step)
+        return out
+
+    def pure(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: PureContext,
+             hp: dict[str, torch.Tensor]) -> torch.Tensor:
+        m, beta = state["m"], hp["beta"]
+        if self.kind == "lion":
+            out = m * beta + hp["rate"] * u
+            m.copy_(m * hp["beta2"] + hp["rate2"] * u)
+            return out
+        if self.kind == "heavy_ball":
+            m.copy_(torch.where(hp["first"] > 0.0, u, m * beta + hp["take"] * u))
+            return u + beta * m if self.nesterov else m
+        # lerp written out: compiled, torch.lerp picks its formula by the weight for every vector
+        # of elements; this is the formula it picks for weights below 0.5 (every beta above 0.5)
+        m.copy_(m + hp["rate"] * (u - m))
+        if self.nesterov:
+            return u + beta * (m - u)
+        if self.bias_correction is False:
+            return m
+        return ctx.scaled(m, hp["correction"])

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from primitives.base import Context, Primitive, check_finite, matrix_shape, register
+from primitives.base import Context, Primitive, PureContext, check_finite, matrix_shape, register
 
 RULES = ("original", "match_rms_adamw")
 
@@ -28,12 +28,21 @@ class ShapeScale(Primitive):
 
     rule: str = "original"
 
-    def apply(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: Context) -> torch.Tensor:
-        rows, cols = matrix_shape(tuple(u.shape))
+    def factor(self, shape: tuple[int, ...]) -> float:
+        """The step's multiplier for a parameter of ``shape``."""
+        rows, cols = matrix_shape(tuple(shape))
         if self.rule == "original":
-            ctx.step_size *= math.sqrt(max(1.0, rows / cols))
-        else:
-            ctx.step_size *= 0.2 * math.sqrt(max(rows, cols))
+            return math.sqrt(max(1.0, rows / cols))
+        return 0.2 * math.sqrt(max(rows, cols))
+
+    def apply(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: Context) -> torch.Tensor:
+        ctx.step_size *= self.factor(tuple(u.shape))
+        return u
+
+    def pure(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: PureContext,
+             hp: dict[str, torch.Tensor]) -> torch.Tensor:
+        # A constant of the shape, which compiled code is specialized to anyway.
+        ctx.step_size = ctx.step_size * self.factor(tuple(u.shape))
         return u
 
 
@@ -48,6 +57,7 @@ class RelativeStep(Primitive):
 
     name = "relative_step"
     positional = ("eps",)
+    reads_param = True
 
     eps: float = 1e-3
 

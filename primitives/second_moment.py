@@ -27,7 +27,16 @@ from dataclasses import dataclass
 
 import torch
 
-from primitives.base import Context, Primitive, StateSpec, check_arg, check_finite, matrix_shape, register
+from primitives.base import (
+    Context,
+    Primitive,
+    PureContext,
+    StateSpec,
+    check_arg,
+    check_finite,
+    matrix_shape,
+    register,
+)
 from primitives.momentum import check_beta
 
 SHAPES = ("full", "row", "col", "factored", "scalar")
@@ -105,11 +114,14 @@ class SecondMoment(Primitive):
         if self.shape == "full":
             state["v"].mul_(beta2).addcmul_(x, x, value=1.0 - beta2)
             return self._divide_full(u, state, beta2, ctx)
-        self._accumulate(x.reshape(rows, cols), state, beta2, ctx)
+        # Rows of a zero direction need no update (exactly: p - s * 0 = p) unless a decay waits.
+        sparse = (self.shape == "factored" and u is ctx.grad and ctx.final and ctx.param_scale == 1.0
+                  and ctx.param.is_contiguous())
+        touched = self._accumulate(x.reshape(rows, cols), state, beta2, ctx, sparse)
         u2 = u.reshape(rows, cols)
-        out = ctx.buffer((rows, cols), u.device)
         if self.shape == "factored":
-            return self._divide_factored(u2, out, state, beta2, ctx.step).view(u.shape)
+            return self._divide_factored(u2, state, beta2, ctx, touched).view(u.shape)
+        out = ctx.buffer((rows, cols), u.device)
         torch.div(u2, self._eps(self._small_root(state, beta2, ctx.step), self.eps), out=out)
         return out.view(u.shape)
 
@@ -131,6 +143,51 @@ class SecondMoment(Primitive):
             torch._foreach_clamp_min_(dens, [self.eps * f for f in factors])
         outs = torch._foreach_div(us, dens)
         return [c.scaled(o, f) for o, c, f in zip(outs, ctxs, factors, strict=True)]
+
+    @property
+    def fusable(self) -> bool:  # type: ignore[override]
+        return self.bias_correction != "row"
+
+    def scalars(self, step: int, lr: float) -> dict[str, float]:
+        beta2 = self._beta2(step)
+        correction = self._correction(beta2, step)
+        factor = math.sqrt(correction)
+        return {"beta2": beta2, "rate": 1.0 - beta2, "correction": correction, "factor": factor,
+                "eps": self.eps, "eps_factor": self.eps * factor}
+
+    def pure(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: PureContext,
+             hp: dict[str, torch.Tensor]) -> torch.Tensor:
+        """:meth:`apply` on tensors: the statistics, then ``u / den`` (see the module docstring)."""
+        x = ctx.grad if self.source == "grad" else u
+        rows, cols = matrix_shape(tuple(u.shape))
+        if self.shape == "full":
+            state["v"].copy_(state["v"] * hp["beta2"] + hp["rate"] * x * x)
+            den = self._pure_eps(state["v"].sqrt(), hp["eps_factor"])
+            return ctx.scaled(u / den, hp["factor"])
+        if self.shape == "factored":
+            floor = self.eps if self.eps_mode == "floor" else _TINY
+            row, col = torch.ops.optispace.factored_roots(x.reshape(rows, cols), state["row"], state["col"],
+                                                          state["total"], hp["rate"], hp["correction"], floor)
+            return (u.reshape(rows, cols) / self._pure_eps(row * col, hp["eps"])).view(u.shape)
+        x2 = x.reshape(rows, cols).square()
+        row_mean = x2.sum(dim=1) / cols
+        if self.shape == "row":
+            state["row"].lerp_(row_mean, hp["rate"])
+        if self.shape == "col":
+            state["col"].lerp_(x2.sum(dim=0) / rows, hp["rate"])
+        if self.shape == "scalar":
+            state["total"].lerp_(row_mean.mean(), hp["rate"])  # the mean of the row means, as apply()
+        if self.shape == "row":
+            root = (state["row"] / hp["correction"]).sqrt().unsqueeze(1)
+        elif self.shape == "col":
+            root = (state["col"] / hp["correction"]).sqrt().unsqueeze(0)
+        else:
+            root = (state["total"] / hp["correction"]).sqrt()
+        return (u.reshape(rows, cols) / self._pure_eps(root, hp["eps"])).view(u.shape)
+
+    def _pure_eps(self, root: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """``root + eps`` or ``max(root, eps)``, out of place."""
+        return root + eps if self.eps_mode == "add" else torch.maximum(root, eps)
 
     def _beta2(self, step: int) -> float:
         if self.beta2_decay is None:
@@ -155,22 +212,28 @@ class SecondMoment(Primitive):
         return root.add_(eps) if self.eps_mode == "add" else root.clamp_(min=eps)
 
     def _accumulate(self, x2: torch.Tensor, state: dict[str, torch.Tensor], beta2: float,
-                    ctx: Context) -> None:
-        """Move the running statistics of the row, col, factored and scalar shapes towards ``x^2``."""
+                    ctx: Context, touched: bool = False) -> torch.Tensor | None:
+        """Move the running statistics of the row, col, factored and scalar shapes towards ``x^2``.
+
+        With ``touched``, also return which rows of ``x2`` have an entry other than 0 (see
+        :func:`square_sums`).
+        """
         rows, cols = x2.shape
+        seen = None
         if self.shape == "scalar":
             state["total"].lerp_(torch.linalg.vector_norm(x2).square_().div_(rows * cols), 1.0 - beta2)
-            return
+            return seen
+        if self.shape == "factored":
+            return factored_statistics(x2, state, 1.0 - beta2, ctx, touched)
         if self.shape == "row":
             row_sq = torch.linalg.vector_norm(x2, dim=1).square_()
         else:
-            row_sq, col_sq = square_sums(x2, ctx)
-        if self.shape in ("row", "factored"):
+            row_sq, col_sq, seen = square_sums(x2, ctx, touched)
+        if self.shape == "row":
             state["row"].lerp_(row_sq.div_(cols), 1.0 - beta2)
-        if self.shape == "factored":
-            state["total"].lerp_(row_sq.mean(), 1.0 - beta2)
-        if self.shape in ("col", "factored"):
+        else:
             state["col"].lerp_(col_sq.div_(rows), 1.0 - beta2)
+        return seen
 
     def _small_root(self, state: dict[str, torch.Tensor], beta2: float, step: int) -> torch.Tensor:
         """``sqrt(v_hat)`` of the row, col and scalar shapes, broadcastable to (rows, columns)."""
@@ -203,17 +266,50 @@ class SecondMoment(Primitive):
             torch.div(_part(u, block), self._eps(den, eps), out=den)
         return ctx.scaled(out, factor)
 
-    def _divide_factored(self, u2: torch.Tensor, out: torch.Tensor, state: dict[str, torch.Tensor],
-                         beta2: float, step: int) -> torch.Tensor:
-        """``out = u / (a[i] b[j] + eps)`` with ``a b = sqrt(r c / s)``, block by block of rows."""
+    def _divide_factored(self, u2: torch.Tensor, state: dict[str, torch.Tensor], beta2: float,
+                         ctx: Context, touched: torch.Tensor | None) -> torch.Tensor:
+        """``u / (a[i] b[j] + eps)`` with ``a b = sqrt(r c / s)``, block by block of rows.
+
+        The second of two passes over the gradient (the first made the row and column sums). As
+        the last primitive it also makes the update block by block (``ctx.final``), so the
+        direction never exists whole: the pass reads ``u`` and the parameter and writes the
+        parameter, and its scratch is one block. ``touched`` (rows whose ``u`` is not all zero,
+        given when no decay waits): when fewer than half the rows are touched, only those are
+        updated, a block of them at a time; the others are left alone, since their update
+        ``p - s * 0 / den`` is ``p`` exactly (their statistics have already decayed).
+        """
         floor = self.eps if self.eps_mode == "floor" else _TINY
-        row = state["row"].unsqueeze(1).div(self._row_correction(state, beta2, step))
-        row = row.div_(state["total"].clamp(min=floor)).sqrt_()
-        col = state["col"].sqrt().unsqueeze(0)
-        for block in row_blocks(*u2.shape, u2.device):
-            den = torch.mul(_part(row, block), col, out=_part(out, block))
-            torch.div(_part(u2, block), self._eps(den, self.eps), out=den)
-        return out
+        row, col = factored_roots(state, self._row_correction(state, beta2, ctx.step), floor)
+        some = None if touched is None else touched.nonzero().squeeze(1)
+        if some is not None and 2 * some.numel() < u2.shape[0]:
+            self._update_rows(u2, row, col, some, ctx)
+            ctx.applied = True
+            return u2
+        blocks = row_blocks(*u2.shape, u2.device)
+        fuse = ctx.final and ctx.param.is_contiguous()
+        out = ctx.buffer(_part(u2, blocks[0]).shape if fuse else u2.shape, u2.device)
+        for block in blocks:
+            part = _part(u2, block)
+            den = torch.mul(_part(row, block), col, out=out[: part.shape[0]] if fuse else _part(out, block))
+            torch.div(part, self._eps(den, self.eps), out=den)
+            if fuse:
+                ctx.update(_part(ctx.param.view(u2.shape), block), den)
+        ctx.applied = fuse
+        return u2 if fuse else out
+
+    def _update_rows(self, u2: torch.Tensor, row: torch.Tensor, col: torch.Tensor, some: torch.Tensor,
+                     ctx: Context) -> None:
+        """The factored update of rows ``some`` only: the same operations, on those rows gathered."""
+        param = ctx.param.view(u2.shape)
+        step = max(1, _BLOCK_ELEMENTS // u2.shape[1])
+        for lo in range(0, some.numel(), step):
+            index = some[lo: lo + step]
+            shape = (index.numel(), u2.shape[1])
+            den = torch.mul(row.index_select(0, index), col, out=ctx.buffer(shape, u2.device))
+            torch.div(u2.index_select(0, index), self._eps(den, self.eps), out=den)
+            rows = torch.index_select(param, 0, index, out=ctx.buffer(shape, u2.device))
+            ctx.update(rows, den)
+            param.index_copy_(0, index, rows)
 
 
 def _part(t: torch.Tensor, block: slice | None) -> torch.Tensor:
@@ -233,16 +329,67 @@ def row_blocks(rows: int, cols: int, device: torch.device) -> list[slice | None]
     return [slice(lo, min(lo + step, rows)) for lo in range(0, rows, step)]
 
 
-def square_sums(x2: torch.Tensor, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row sums and column sums of ``x2 ** 2`` in one pass over ``x2`` (squares made per block)."""
+def square_sums(x2: torch.Tensor, ctx: Context | None,
+                touched: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Row sums and column sums of ``x2 ** 2`` in one pass over ``x2`` (squares made per block).
+
+    With ``touched``, also which rows have an entry other than 0 (NaN included): a row with a
+    positive sum has one; a row whose sum is 0 may still have entries whose squares underflowed,
+    so its largest and smallest entries decide, read while its block is in cache.
+    """
     rows, cols = x2.shape
     row_sq = torch.empty(rows, device=x2.device)
     col_sq = torch.zeros(cols, device=x2.device)
+    seen = torch.ones(rows, dtype=torch.bool, device=x2.device) if touched else None
     blocks = row_blocks(rows, cols, x2.device)
-    scratch = ctx.buffer(_part(x2, blocks[0]).shape, x2.device)
+    shape = _part(x2, blocks[0]).shape
+    scratch = torch.empty(shape, device=x2.device) if ctx is None else ctx.buffer(shape, x2.device)
     for block in blocks:
         part = _part(x2, block)
         sq = torch.square(part, out=scratch[: part.shape[0]])
         torch.sum(sq, dim=1, out=_part(row_sq, block))
         col_sq.add_(sq.sum(dim=0))
-    return row_sq, col_sq
+        if seen is not None and bool((_part(row_sq, block) == 0).any()):
+            _part(seen, block).copy_(torch.amax(part, dim=1).ne(0) | torch.amin(part, dim=1).ne(0))
+    return row_sq, col_sq, seen
+
+
+def factored_statistics(x2: torch.Tensor, state: dict[str, torch.Tensor], rate: float | torch.Tensor,
+                        ctx: Context | None, touched: bool = False) -> torch.Tensor | None:
+    """The first pass of ``factored``: ``row``, ``col`` and ``total`` move by ``rate`` towards the row,
+    column and global means of ``x2 ** 2`` (one pass over ``x2``); returns :func:`square_sums`' rows."""
+    rows, cols = x2.shape
+    row_sq, col_sq, seen = square_sums(x2, ctx, touched)
+    state["row"].lerp_(row_sq.div_(cols), rate)
+    state["total"].lerp_(row_sq.mean(), rate)
+    state["col"].lerp_(col_sq.div_(rows), rate)
+    return seen
+
+
+def factored_roots(state: dict[str, torch.Tensor], correction: float | torch.Tensor,
+                   floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``a`` (rows x 1) and ``b`` (1 x columns) with ``a[i] b[j] = sqrt(r[i] c[j] / s)``, ``r`` corrected."""
+    row = state["row"].unsqueeze(1).div(correction)
+    row = row.div_(state["total"].clamp(min=floor)).sqrt_()
+    return row, state["col"].sqrt().unsqueeze(0)
+
+
+@torch.library.custom_op("optispace::factored_roots", mutates_args=("row", "col", "total"))
+def _factored_roots_op(x2: torch.Tensor, row: torch.Tensor, col: torch.Tensor, total: torch.Tensor,
+                       rate: torch.Tensor, correction: torch.Tensor,
+                       floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first pass and the roots, for compiled code (:meth:`SecondMoment.pure`).
+
+    An operator of its own, so that the compiler keeps its results as two small tensors: left to
+    itself, it would remake the column roots inside the update's loop for every row.
+    """
+    state = {"row": row, "col": col, "total": total}
+    factored_statistics(x2, state, rate.float(), None)
+    a, b = factored_roots(state, correction, floor)
+    return a.contiguous(), b.contiguous()
+
+
+@_factored_roots_op.register_fake
+def _(x2: torch.Tensor, row: torch.Tensor, col: torch.Tensor, total: torch.Tensor, rate: torch.Tensor,
+      correction: torch.Tensor, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return row.new_empty((row.shape[0], 1)), col.new_empty((1, col.shape[0]))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from primitives.base import Context, Primitive, register
+from primitives.base import Context, Primitive, PureContext, register
 
 
 @register
@@ -22,3 +22,7 @@ class Sign(Primitive):
     def apply_many(self, us: list[torch.Tensor], states: list[dict[str, torch.Tensor]],
                    ctxs: list[Context]) -> list[torch.Tensor]:
         return torch._foreach_sign(us)
+
+    def pure(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: PureContext,
+             hp: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.sign(u)

@@ -145,3 +145,21 @@ def test_a_chain_holds_primitives_only() -> None:
         Chain(("momentum",))
     with pytest.raises(ValueError, match="expected text"):
         parse_chain(3)
+
+
+@given(chains, st.integers(1, 10**6), st.floats(0.0, 1.0))
+def test_the_scalars_of_a_fusable_chain_have_the_same_names_at_every_step(chain: Chain, step: int,
+                                                                          lr: float) -> None:
+    # The compiled step takes them as flat lists, named by the first step's names.
+    if chain.fusable:
+        assert [list(s) for s in chain.scalars(step, lr)] == [list(s) for s in chain.scalars(1, 0.5)]
+
+
+def test_structure_leaves_out_the_numbers_only() -> None:
+    adam = parse_chain("weight_decay(0.1) > momentum(0.9) > second_moment(full, beta2=0.95)")
+    other = parse_chain("weight_decay(0.01) > momentum(0.8) > second_moment(full, eps=1e-06)")
+    assert adam != other and adam.structure == other.structure
+    for text in ["weight_decay(0.1) > momentum(0.9, nesterov=True) > second_moment(full)",
+                 "weight_decay(0.1) > momentum(0.9) > second_moment(factored)",
+                 "momentum(0.9) > second_moment(full)"]:
+        assert parse_chain(text).structure != adam.structure

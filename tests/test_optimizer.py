@@ -284,8 +284,8 @@ def test_a_bare_iterator_is_taken_when_roles_are_given_or_do_not_matter() -> Non
 
 def test_defaults_and_groups_hold_the_recipes_hyperparameters() -> None:
     opt = Optimizer(LM(), "adamw", lr=2e-3, eps=1e-6)
-    assert opt.defaults == {"foreach": None, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 1e-2,
-                            "lr": 2e-3}
+    assert opt.defaults == {"foreach": None, "fused": None, "betas": (0.9, 0.999), "eps": 1e-6,
+                            "weight_decay": 1e-2, "lr": 2e-3}
     assert all(g["betas"] == (0.9, 0.999) and g["eps"] == 1e-6 for g in opt.param_groups)
     assert Optimizer(LM(), "muon").defaults["momentum"] == 0.95
 
@@ -401,3 +401,25 @@ def test_resume_under_a_scheduler_cycling_betas_continues_bit_for_bit() -> None:
     sched2.load_state_dict(saved[2])
     steps(resumed, opt2, sched2, range(3, 6))
     assert all(torch.equal(a, b) for a, b in zip(straight.parameters(), resumed.parameters(), strict=True))
+def test_chains_are_parsed_once_per_text_and_never_by_a_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    import optispace.optimizer as module
+
+    model = LM()
+    opt = Optimizer(model, "adamw", lr=1e-2)
+    parsed: list[str] = []
+    real = module.parse_chain.__wrapped__
+
+    def counting(text: str) -> Chain:
+        parsed.append(text)
+        return real(text)
+
+    monkeypatch.setattr(module, "parse_chain", counting)
+    for seed in range(3):
+        loss_step(model, opt, seed)
+    assert parsed == []
+    # A group whose text changes (a scheduler re-deriving the chain) is parsed on its next step only.
+    group = opt.param_groups[2]
+    group["chain"] = str(RECIPES["adamw"].chains(betas=(0.8, 0.99))["matrix"])
+    for seed in range(3, 6):
+        loss_step(model, opt, seed)
+    assert parsed == [group["chain"]]

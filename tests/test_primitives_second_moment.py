@@ -140,3 +140,42 @@ def test_row_correction_counts_steps_with_a_non_zero_row() -> None:
 ])
 def test_bad_arguments_name_primitive_argument_value_and_what_is_allowed(kwargs, words) -> None:
     assert_refused(SecondMoment, kwargs, words)
+
+
+def sparse_rows(rows: int, cols: int, seed: int, kept: float) -> torch.Tensor:
+    """A gradient whose rows are zero but for a fraction ``kept`` (as a token table's)."""
+    keep = torch.rand(rows, generator=torch.Generator().manual_seed(seed)) < kept
+    return randn((rows, cols), seed) * keep.unsqueeze(1)
+
+
+# kept 0.1 and 0.45: the row-sparse update (one and two gathered blocks); 0.7: dense; 0.99: a decay waits
+@pytest.mark.parametrize(("scale", "kept"),
+                         [(1.0, 1.0), (0.99, 1.0), (1.0, 0.1), (1.0, 0.45), (1.0, 0.7), (0.99, 0.1)])
+def test_factored_as_last_primitive_updates_block_by_block_with_the_same_bits(scale: float,
+                                                                              kept: float) -> None:
+    from primitives import Context, Workspace
+
+    rows, cols = 700, 1000  # three blocks of rows on CPU
+    grads = [sparse_rows(rows, cols, seed, kept) for seed in (0, 2)]
+    # a row whose squares underflow to 0 is still a row with a gradient
+    grads[1][5] = 1e-30
+    start = randn((rows, cols), 1)
+    start[5] = 0.0
+    prim = SecondMoment("factored", beta2=0.95)
+    results, scratch = [], []
+    for final in (False, True):
+        param, state, workspace = start.clone(), prim.init_state((rows, cols), start.device), Workspace()
+        for step, grad in enumerate(grads, 1):
+            ctx = Context(grad=grad, param=param, step=step, lr=0.1, workspace=workspace, final=final,
+                          param_scale=scale)
+            u = prim.apply(grad, state, ctx)
+            assert ctx.applied is final
+            if not ctx.applied:
+                ctx.update(param, u)
+            scratch.append(max(b.numel() for b in workspace._taken))
+            workspace.release()
+        results.append(param)
+    assert torch.equal(results[0], results[1])
+    assert (results[1][5] != 0).all()
+    # Fused, the scratch is a block of rows and the squares' block, never a table-sized direction.
+    assert max(scratch[2:]) < rows * cols // 2 <= max(scratch[:2])

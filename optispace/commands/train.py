@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "the trial's lrs for study:NAME#TRIAL)")
     parser.add_argument("--seed", type=int, help="seed of the initialisation and the batches (default 0)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto, or the study's")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model (worth it on a GPU)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model and the optimizer step (fused=True; worth it on a GPU)")
     parser.add_argument("--data", help="stdlib (default), stdlib:no-tests, zipf[:s=,v=,n=], a text file or "
                         "folder, a .bin shard or a folder of shards")
     regime = parser.add_argument_group("regimes", "fine-tuning (sft) and reinforcement learning (rl) runs")

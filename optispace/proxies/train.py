@@ -186,7 +186,9 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> Optimizer:
     """``optispace.Optimizer`` for the config's recipe, lrs and hyperparameters; its ``ValueError``
     (an unknown recipe, role or hyperparameter, a bad value) is the user's mistake."""
     try:
-        return Optimizer(model, cfg.recipe, lr=cfg.lr, role_lr=cfg.role_lr, **cfg.hyperparameters)
+        # With compile on, the optimizer's step is compiled too (its fused path).
+        return Optimizer(model, cfg.recipe, lr=cfg.lr, role_lr=cfg.role_lr, fused=cfg.compile or None,
+                         **cfg.hyperparameters)
     except ValueError as e:
         raise UserError(f"recipe: {e}") from None
 
