@@ -31,14 +31,14 @@ from optispace.trial import read
 
 ADAM = "momentum(0.9) > second_moment(full)"
 
-SCALED = f"""
+SCALED = """
 [study]
 name = "scaled"
 question = "Does the grid cover each point once per round?"
 seed = 1
 trials = 8
 seeds = [0]
-sampler = "{{sampler}}"
+sampler = "{sampler}"
 
 [proxy]
 tier = "tiny"
@@ -46,22 +46,10 @@ steps = 4
 eval_every = 2
 batch_size = [4, 8]
 dim = [16, 32]
-{{extra}}
+{extra}
 
-[roles.embed]
-chain = "{ADAM}"
-lr = 1e-2
-
-[roles.head]
-tie = "embed"
-
-[roles.matrix]
-chain = "{ADAM}"
-lr = {{{{values = [1e-3, 1e-2]}}}}
-
-[roles.vector]
-chain = "{ADAM}"
-lr = 3e-3
+[recipes]
+adamw = {{lr = {{values = [1e-3, 1e-2]}}}}
 """
 
 
@@ -116,13 +104,13 @@ def test_every_point_is_covered_once_per_round(sampler: str, tmp_path: Path) -> 
     assert points(study) == {(b, d): 2 for b in (4, 8) for d in (16, 32)}
     for t in study.trials:  # the trainer got the point's shape: its loss says which width it trained
         assert t.values[0] == pytest.approx(
-            3 + 16 / t.params["scale.dim"] + abs(math.log10(read(t).roles["matrix"].lr) + 2)
+            3 + 16 / t.params["scale.dim"] + abs(math.log10(t.params["adamw.lr"]) + 2)
         )
 
 
 def test_the_grid_sampler_crosses_the_scale_grid_with_the_optimizers(tmp_path: Path) -> None:
     study = run(str(tmp_path / "s.journal"), 8, scaled_text("grid"))
-    combos = Counter((*t.params.values(), read(t).roles["matrix"].lr) for t in study.trials)
+    combos = Counter(tuple(t.params.values()) for t in study.trials)
     assert len(combos) == 8 and set(combos.values()) == {1}
 
 
@@ -207,7 +195,7 @@ MISTAKES: list[tuple] = [
     (("steps = 4", "tokens = 100"),
      r"scaled.toml:12: proxy.tokens: gives 100 tokens at dim = 16, batch_size = 4, fewer than one step"),
     (("steps = 4", "tokens = [4096, 100]"), r"scaled.toml:12: proxy.tokens: gives 100 tokens at"),
-    (("steps = 4\n", ""), ("[roles.embed]", "[scaling]\ntokens_per_param = 0.001\n\n[roles.embed]"),
+    (("steps = 4\n", ""), ("[recipes]", "[scaling]\ntokens_per_param = 0.001\n\n[recipes]"),
      r"scaled.toml:18: scaling.tokens_per_param: gives \d+ tokens at .* fewer than one step"),
     (("steps = 4", "steps = 4\n[scaling]\ntokens_per_param = 2"),
      r"scaled.toml:12: proxy.steps: the budget is \[scaling\] tokens_per_param"),
