@@ -33,8 +33,8 @@ class ModelConfig:
     seq_len: int
     tied: bool = False
     mlp_ratio: int = 4
-    #: Factor on the logits: 1, or base width / width for muP's output multiplier (Yang et al. 2022,
-    #: "Tensor Programs V", Table 3: the readout scaled by 1/width, relative to a base width).
+    #: Factor on the logits: 1, or base width / width for muP's readout multiplier (Yang et al. 2022,
+    #: "Tensor Programs V": the readout scaled by 1/width, relative to a base width).
     output_mult: float = 1.0
 
     def __post_init__(self) -> None:

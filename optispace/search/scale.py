@@ -18,8 +18,9 @@ that pick at the same instant may pick the same point (no lock is taken); one wo
 times the point's tokens per step), or ``tokens_per_param`` times the point's parameter count (20
 is the compute-optimal ratio of Hoffmann et al. 2022, "Chinchilla"). ``lr_rule = "mup"`` trains the
 hidden matrices at ``lr * base_dim / dim`` and multiplies the logits by ``base_dim / dim`` (muP,
-Yang et al. 2022, "Tensor Programs V", Table 3, for Adam-like updates), so an lr tuned at
-``base_dim`` can be tried at every width; ``plain`` (the default) changes nothing.
+Yang et al. 2022, "Tensor Programs V", in its readout-multiplier form for Adam-like updates; the
+tables, vectors and head keep their lrs), so an lr tuned at ``base_dim`` can be tried at every
+width; ``plain`` (the default) changes nothing.
 """
 
 from __future__ import annotations
