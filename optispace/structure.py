@@ -73,6 +73,7 @@ def _from_trial(ref: str, storage_url: str | None, data: str | None) -> RecipeAr
 
     from optispace.search.space import Configuration, Draw
     from optispace.search.storage import default_url, open_storage
+    from optispace.trial import read
 
     name, sep, number = ref.partition("#")
     if not name or (sep and not number.isdigit()):
@@ -98,22 +99,25 @@ def _from_trial(ref: str, storage_url: str | None, data: str | None) -> RecipeAr
     configuration = Configuration({role: Draw(attrs.get(f"chain.{role}", ""), attrs[f"trained_chain.{role}"],
                                               float(attrs[f"lr.{role}"]), {}) for role in ROLES})
     search = study.user_attrs.get("search")
-    settings = _settings(search, name, configuration, data) if search else {}
+    point = {axis: int(v) for axis, v in read(trial).scale.items()}
+    settings = _settings(search, name, configuration, data, point) if search else {}
     source = f"trial {trial.number} of study {name!r}"
-    return RecipeArgument(configuration.recipe, configuration.role_lr, source, settings)
+    role_lr = settings.pop("role_lr", configuration.role_lr)
+    return RecipeArgument(configuration.recipe, role_lr, source, settings)
 
 
 def _settings(search: dict[str, Any], name: str, configuration: Configuration,
-              data: str | None) -> dict[str, Any]:
-    """The TrainConfig keyword arguments the study's trials had, but for seed, probes and recipe."""
+              data: str | None, point: dict[str, int]) -> dict[str, Any]:
+    """The TrainConfig keyword arguments the trial had at its scale ``point`` (lrs as trained: under
+    a muP rule the matrix lr is scaled), but for seed, probes and recipe."""
     from optispace.search.objective import train_config
     from optispace.search.spec import parse_search_data
 
     if data is not None:  # the caller's data replaces the study's (a path that may not exist here)
         search = {**search, "proxy": {k: v for k, v in search.get("proxy", {}).items() if k != "data"}}
     spec = parse_search_data(search, f"study {name!r} (its search file)")
-    config = train_config(spec, configuration, spec.seeds[0])
-    return {k: v for k, v in config.items() if k not in ("seed", "probes", "recipe", "role_lr", "lr")}
+    config = train_config(spec, configuration, spec.seeds[0], point)
+    return {k: v for k, v in config.items() if k not in ("seed", "probes", "recipe", "lr")}
 
 
 def _best(study, name: str):

@@ -10,7 +10,9 @@ its failure when it fails), so every field is optional, and a running trial read
 Optuna's own fields:
 
 - ``trial.params``: what was sampled, names ``<role>.<family>`` (choices), ``<role>.lr``,
-  ``<role>.beta1``, ... (tied roles sample under the first role's name).
+  ``<role>.beta1``, ... (tied roles sample under the first role's name); ``recipe`` and
+  ``<recipe>.lr`` for a search of ``[recipes]``; ``scale.<axis>``, the trial's scale point, for a
+  search that sweeps scale axes (``optispace.search.scale``).
 - values: ``[mean val loss over seeds]``, or ``[mean val loss, state_bytes]`` for a Pareto search.
   A diverged configuration is COMPLETE with the penalty value ``study.user_attrs["penalty"]`` (so
   the sampler learns the region is bad) and ``failure`` set; a crash is FAIL with ``failure``.

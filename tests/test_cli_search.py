@@ -24,6 +24,22 @@ SMOKE = ROOT / "searches" / "smoke.toml"
 # One of each kind of mistake the issue names, as an edit of searches/smoke.toml, and the message;
 # "{line}" stands for the line of the edit.
 BAD_FILES = {
+    "a list where one value is allowed": (
+        ("eval_every = 16", "eval_every = [16, 32]"),
+        "smoke.toml:{line}: proxy.eval_every: takes one value, not a list",
+    ),
+    "a width the heads do not divide": (
+        ("steps = 64", "dim = [32, 34]\nsteps = 64"),
+        "smoke.toml:{line}: proxy.dim: ModelConfig: dim 34 must split into 2 heads",
+    ),
+    "a vocabulary larger than the corpus allows": (
+        ("steps = 64", "vocab = [512, 100000000000]\nsteps = 64"),
+        "smoke.toml:{line}: proxy.vocab: 100000000000 is not a vocabulary",
+    ),
+    "a budget under one step": (
+        ("steps = 64", "tokens = 100"),
+        "smoke.toml:{line}: proxy.tokens: gives 100 tokens, fewer than one step of 256",
+    ),
     "toml syntax": (("seed = 0", "seed = = 0"), "invalid TOML: Invalid value (at line {line}, column 8)"),
     "unknown key": (
         ("seed = 0", "sead = 0"),

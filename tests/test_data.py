@@ -15,6 +15,7 @@ from optispace.proxies.data import (
     load_data,
     train_batch,
     val_batches,
+    vocab_range,
     zipf_data,
 )
 from optispace.proxies.shards import write_shard
@@ -106,3 +107,15 @@ def test_cache_root_precedence(monkeypatch, tmp_path):
 def test_streams_shorter_than_a_window_are_refused():
     with pytest.raises(UserError, match="sequence length 64"):
         check_fits(zipf_data(vocab=8, exponent=1.0, tokens=800), 64)  # validation gets 50 tokens
+
+
+def test_vocab_range_bounds_what_a_bpe_of_a_text_corpus_can_have(tmp_path):
+    text = tmp_path / "few.txt"
+    text.write_text("a few words of text\n" * 5)  # 100 bytes
+    low, high, name = vocab_range(text)
+    assert (low, high, name) == (257, 357, str(text))
+    built = load_data(text, 2000, cache_dir=tmp_path / "cache").info["vocab"]
+    assert low <= built <= high < 2000  # asked for more, the corpus gave at most the bound
+    assert vocab_range("zipf:v=64") is None
+    write_shard(tmp_path / "t.bin", np.arange(100) % 50, 50)
+    assert vocab_range(tmp_path / "t.bin") is None

@@ -1,5 +1,7 @@
 """The proxy model: shapes, causal masking, rotary positions, tying, and that every tier is a valid shape."""
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -83,3 +85,19 @@ def test_tiers_are_valid_shapes(name):
     assert tier.tokens >= tier.tokens_per_step
     assert tier.model.vocab_size > tier.model.dim  # token tables are V >> D, the regime the project studies
     assert tier.model.flops_per_token() > 0
+
+
+@given(st.sampled_from([16, 32]), st.integers(1, 3), st.sampled_from([64, 300]), st.booleans())
+def test_parameters_counts_every_parameter_of_the_model(dim, layers, vocab, tied):
+    cfg = ModelConfig(vocab_size=vocab, dim=dim, layers=layers, heads=2, seq_len=8, tied=tied)
+    assert cfg.parameters() == sum(p.numel() for p in GPT(cfg).parameters())
+
+
+def test_output_mult_scales_the_logits():
+    cfg = ModelConfig(vocab_size=64, dim=16, layers=1, heads=2, seq_len=8)
+    idx = torch.randint(0, 64, (2, 8))
+    torch.manual_seed(0)
+    plain = GPT(cfg)(idx)
+    torch.manual_seed(0)
+    quarter = GPT(dataclasses.replace(cfg, output_mult=0.25))(idx)
+    torch.testing.assert_close(quarter, plain * 0.25)

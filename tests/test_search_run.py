@@ -340,18 +340,19 @@ def wait_for_exit(process: subprocess.Popen, timeout_s: float = 60.0) -> int:
 
 
 def wait_for_running(
-    url: str, process: subprocess.Popen, timeout_s: float = 60.0
+    url: str, process: subprocess.Popen, timeout_s: float = 60.0, name: str = "unit", number: int = 0
 ) -> optuna.trial.FrozenTrial:
+    """The first running trial numbered ``number`` or more, once it trains."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         assert process.poll() is None, "the worker ended before a trial ran"
         try:
-            running = load(url).get_trials(states=(TrialState.RUNNING,))
+            running = load(url, name).get_trials(states=(TrialState.RUNNING,))
         except KeyError:  # the study is not created yet
             running = []
         # "seeds" is the last attribute written before training: the kill lands in the trainer,
         # not inside a journal write (which would hold Optuna's file lock for its grace period).
-        if running and "seeds" in running[0].user_attrs:
+        if running and running[0].number >= number and "seeds" in running[0].user_attrs:
             return running[0]
         time.sleep(0.1)
     raise AssertionError("no trial started running in time")

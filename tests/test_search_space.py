@@ -89,3 +89,33 @@ def test_a_fixed_chain_is_trained_and_labelled_as_written():
     }
     vector = sample(FixedTrial(params), SPEC.roles).draws["vector"]
     assert vector.structure == vector.trained == "momentum(0.9) > second_moment(full) > weight_decay(0.0)"
+
+
+RECIPES = """
+[study]
+name = "r"
+question = "q?"
+sampler = "grid"
+
+[proxy]
+tier = "tiny"
+steps = 4
+
+[recipes]
+adamw = {lr = {values = [1e-3, 3e-3]}}
+ember = {lr = 2e-3}
+adafactor = {lr = {values = [1e-2, 3e-2, 1e-1]}}
+"""
+
+
+def test_a_recipe_is_drawn_with_its_own_lr_and_trains_its_chains_on_every_role() -> None:
+    from optispace.recipes import get_recipe
+    from optispace.search.space import configurations, sample_configuration
+
+    spec = parse_search_text(RECIPES, "r.toml")
+    assert configurations(spec) == 2 + 1 + 3
+    drawn = sample_configuration(FixedTrial({"recipe": "ember", "ember.lr": 2e-3}), spec)
+    chains = get_recipe("ember").chains()
+    assert drawn.recipe == {role: str(chain) for role, chain in chains.items()}
+    assert set(drawn.role_lr.values()) == {2e-3}
+    assert drawn.structure == " | ".join(f"{role}: {chain}" for role, chain in chains.items())

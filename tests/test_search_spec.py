@@ -217,6 +217,31 @@ MISTAKES = [
 ]
 
 
+RECIPES = VALID[: VALID.index("[roles.embed]")] + """[recipes]
+adamw = {lr = [1e-4, 1e-2]}
+ember = {lr = 1e-3}
+"""
+
+
+def test_recipes_replace_the_roles_each_with_its_own_lr() -> None:
+    spec = parse_search_text(RECIPES, "t.toml")
+    assert spec.roles == {} and spec.recipes == {"adamw": Range(1e-4, 1e-2, log=True), "ember": 1e-3}
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (("ember =", "emberr ="), r"t.toml:12: recipes.emberr: unknown recipe; the recipes are sgd,"),
+        (("[recipes]", "[roles.embed]\ntie = 'head'\n[recipes]"), r"t.toml:12: recipes: give either"),
+        (("trials = 3", 'sampler = "grid"'), r"t.toml:11: recipes.adamw.lr: sampler \"grid\" enumerates"),
+        (("lr = 1e-3}", "lr = 1e-3, beta1 = 0.9}"), r"t.toml:12: recipes.ember.beta1: unknown key; allowed"),
+    ],
+)
+def test_recipe_mistakes_name_key_and_line(edit: tuple[str, str], message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        parse_search_text(bad(RECIPES, *edit), "t.toml")
+
+
 @pytest.mark.parametrize(("edit", "message"), MISTAKES, ids=[m[:80] for _, m in MISTAKES])
 def test_each_mistake_gets_one_message_naming_key_and_line(edit: tuple[str, str], message: str) -> None:
     with pytest.raises(UserError, match=message) as error:

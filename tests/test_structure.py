@@ -22,3 +22,22 @@ def test_a_name_is_a_recipe_and_a_repeated_role_is_refused() -> None:
     assert recipe_argument("ember").recipe == "ember"
     with pytest.raises(UserError, match="role 'head' is given twice"):
         recipe_argument("head: sign | head: identity")
+
+
+def test_a_swept_trial_replays_at_its_scale_point_with_the_lrs_it_trained(tmp_path) -> None:
+    from test_search_scale import WidthTrainer, load, scaled_text
+
+    from optispace.search.run import run_search
+    from optispace.search.spec import parse_search_text
+    from optispace.trial import read
+
+    url = str(tmp_path / "s.journal")
+    spec = parse_search_text(scaled_text(extra='[scaling]\nlr_rule = "mup"'), "scaled.toml")
+    run_search(spec, url, n_trials=4, trainer=WidthTrainer(), progress=False)
+    for trial in load(url, "scaled").trials:
+        argument = recipe_argument(f"study:scaled#{trial.number}", url)
+        shape, lr = argument.settings["shape"], read(trial).roles["matrix"].lr
+        assert {axis: shape[axis] for axis in ("dim", "batch_size")} == read(trial).scale
+        assert shape["output_mult"] == pytest.approx(16 / shape["dim"])
+        assert argument.role_lr["matrix"] == pytest.approx(lr * 16 / shape["dim"])
+        assert argument.role_lr["embed"] == lr

@@ -230,7 +230,19 @@ def test_a_checkpoint_from_before_the_regimes_resumes(tmp_path):
     full = train(tiny(tokens=10 * TINY.tokens_per_step), progress=False, checkpoint=ckpt)
     state = torch.load(ckpt, weights_only=False)
     for key in ("regime", "init", "pairs", "new_rows", "task", "group_size", "clip", "kl",
-                "updates_per_batch"):
+                "updates_per_batch", "shape"):
         del state["config"][key]
     torch.save(state, ckpt)  # as the loop wrote it before these settings existed
     assert losses(train(tiny(tokens=10 * TINY.tokens_per_step), progress=False, resume=ckpt)) == losses(full)
+
+
+def test_shape_overrides_the_tiers_model_and_batch():
+    record = train(tiny(shape={"dim": 16, "heads": 2, "batch_size": 4}, tokens=8 * 4 * 32), progress=False)
+    assert record.config["model"]["dim"] == 16 and record.config["batch_size"] == 4
+    assert record.config["steps"] == 8 and record.curve[-1]["tokens"] == 8 * 4 * 32
+
+
+@pytest.mark.parametrize("shape", [{"dim": 30}, {"width": 16}])
+def test_a_shape_that_is_no_model_is_refused(shape):
+    with pytest.raises(UserError, match="TrainConfig.shape: "):
+        tiny(shape=shape)

@@ -124,6 +124,20 @@ def check_data(spec: str | Path | None, vocab_size: int) -> None:
                         "zipf[:s=..,v=..,n=..], a .bin shard, a folder of shards, or text files")
 
 
+def vocab_range(spec: str | Path | None) -> tuple[int, int, str] | None:
+    """The vocabulary sizes a byte-level BPE of the text corpus ``spec`` can have, and its name;
+    None for shards and the Zipfian source (their ids are checked against the model when loaded).
+
+    The BPE starts from 256 bytes and the end-of-text token; each merge needs a pair of adjacent
+    tokens in the text, so the vocabulary grows by at most one per byte of text beyond that.
+    """
+    source = text_source(spec)
+    if source is None:
+        return None
+    low = 256 + 1
+    return low, low + sum((source.root / f).stat().st_size for f in source.files), source.name
+
+
 def _text(source, vocab_size: int, cache_dir: Path) -> TokenData:
     return _streams(build_text_corpus(source, vocab_size, cache_dir))
 

@@ -33,11 +33,21 @@ class ModelConfig:
     seq_len: int
     tied: bool = False
     mlp_ratio: int = 4
+    #: Factor on the logits: 1, or base width / width for muP's readout multiplier (Yang et al. 2022,
+    #: "Tensor Programs V": the readout scaled by 1/width, relative to a base width).
+    output_mult: float = 1.0
 
     def __post_init__(self) -> None:
         if self.dim % self.heads or (self.dim // self.heads) % 2:
             raise ValueError(f"ModelConfig: dim {self.dim} must split into {self.heads} heads of even size "
                              "(rotary embeddings rotate pairs of channels)")
+
+    def parameters(self) -> int:
+        """Parameters of ``GPT(self)``: V*D embedding (+ V*D head unless tied), per layer 4D^2 + 2rD^2
+        matrices and two norm gains of D, and the final norm's D."""
+        per_layer = (4 + 2 * self.mlp_ratio) * self.dim**2 + 2 * self.dim
+        tables = self.vocab_size * self.dim * (1 if self.tied else 2)
+        return tables + self.layers * per_layer + self.dim
 
     def flops_per_token(self) -> int:
         """Training FLOPs per token, 6N + 12*L*T*D over non-embedding weights N (PaLM, appendix B)."""
@@ -161,6 +171,8 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, self.cos, self.sin, None if cache is None else cache[i])
         logits = self.lm_head(self.norm(x))
+        if self.cfg.output_mult != 1.0:
+            logits = logits * self.cfg.output_mult
         if targets is None:
             return logits
         # the loss in fp32 even under bf16 autocast: a softmax over a large vocabulary needs the range

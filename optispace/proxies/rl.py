@@ -26,7 +26,6 @@ from optispace.proxies.sampling import generate
 from optispace.proxies.sft import grown_from, text_corpus
 from optispace.proxies.start import cached_run
 from optispace.proxies.tasks import TASKS
-from optispace.proxies.tiers import TIERS
 
 if TYPE_CHECKING:
     from optispace.proxies.tiers import Tier
@@ -75,8 +74,8 @@ def warmup_config(cfg: TrainConfig) -> TrainConfig:
     from optispace.proxies.train import TrainConfig
 
     return TrainConfig(recipe="adamw", proxy=cfg.proxy, regime="sft", pairs=f"task:{cfg.task}", init=cfg.init,
-                       lr=WARMUP_LR, tokens=WARMUP_STEPS * TIERS[cfg.proxy].tokens_per_step,
-                       new_rows=cfg.new_rows, data=cfg.data, device=cfg.device, cache_dir=cfg.cache_dir)
+                       lr=WARMUP_LR, tokens=WARMUP_STEPS * cfg.tier.tokens_per_step, new_rows=cfg.new_rows,
+                       data=cfg.data, device=cfg.device, cache_dir=cfg.cache_dir, shape=cfg.shape)
 
 
 class RL:

@@ -38,7 +38,7 @@ def start_weights(cfg: TrainConfig, tier: Tier, corpus: dict) -> dict[str, torch
     from optispace.proxies.train import TrainConfig
 
     base = TrainConfig(recipe=BASE_RECIPE, proxy=cfg.proxy, data=cfg.data, device=cfg.device,
-                       cache_dir=cfg.cache_dir)
+                       cache_dir=cfg.cache_dir, shape=cfg.shape)
     return cached_run(base, corpus)
 
 

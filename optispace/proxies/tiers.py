@@ -3,9 +3,14 @@ modded-nanogpt optimization track."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from optispace.proxies.model import ModelConfig
+
+#: What a shape override may set: the model's fields and the batch (``optispace.search`` sweeps them).
+SHAPE_KEYS = ("vocab_size", "dim", "layers", "heads", "seq_len", "batch_size", "output_mult")
 
 
 @dataclass(frozen=True)
@@ -33,3 +38,16 @@ TIERS: dict[str, Tier] = {
     "base": Tier(ModelConfig(vocab_size=50304, dim=768, layers=12, heads=12, seq_len=1024),
                  batch_size=16, tokens=200_000_000, note="GPT-2 small shape, for GPU runs"),
 }
+
+
+def shaped(tier: Tier, shape: Mapping[str, float]) -> Tier:
+    """``tier`` with the fields ``shape`` names replaced (``SHAPE_KEYS``); ``ValueError`` for others.
+
+    The budget stays the tier's: a run gives its own with ``TrainConfig.tokens``.
+    """
+    unknown = sorted(set(shape) - set(SHAPE_KEYS))
+    if unknown:
+        raise ValueError(f"unknown shape key(s) {', '.join(unknown)}; allowed: {', '.join(SHAPE_KEYS)}")
+    fields = {k: float(v) if k == "output_mult" else int(v) for k, v in shape.items() if k != "batch_size"}
+    model = dataclasses.replace(tier.model, **fields)
+    return dataclasses.replace(tier, model=model, batch_size=int(shape.get("batch_size", tier.batch_size)))

@@ -29,7 +29,7 @@ from optispace.optimizer import Optimizer
 from optispace.proxies.data import TokenData
 from optispace.proxies.model import GPT
 from optispace.proxies.regime import Regime, build_regime, precision
-from optispace.proxies.tiers import TIERS
+from optispace.proxies.tiers import TIERS, Tier, shaped
 
 SCHEDULES = ("cosine", "linear", "wsd", "constant")
 WSD_DECAY = 0.2  # warmup-stable-decay: linear decay over the last 20% of steps (Hagele et al. 2024)
@@ -41,7 +41,8 @@ NEW_ROWS = ("mean", "random")  # how SFT initialises the embedding and head rows
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """What to train; ``tokens=None`` takes the tier's default budget, ``lr=None`` the recipe's lr."""
+    """What to train; ``tokens=None`` takes the tier's default budget, ``lr=None`` the recipe's lr.
+    ``shape`` overrides the tier's model and batch (``optispace.proxies.tiers.SHAPE_KEYS``)."""
 
     recipe: str | Mapping[str, str]
     proxy: str = "small"
@@ -68,6 +69,7 @@ class TrainConfig:
     clip: float = 0.2
     kl: float = 0.0
     updates_per_batch: int = 1
+    shape: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         checks = [
@@ -89,6 +91,15 @@ class TrainConfig:
         for ok, name, value, allowed in checks:
             if not ok:
                 raise UserError(f"TrainConfig.{name}: {value!r} is not allowed; use {allowed}")
+        try:
+            _ = self.tier
+        except ValueError as e:
+            raise UserError(f"TrainConfig.shape: {e}") from None
+
+    @property
+    def tier(self) -> Tier:
+        """The proxy's tier with ``shape`` applied."""
+        return shaped(TIERS[self.proxy], self.shape)
 
     def _regime_checks(self) -> list[tuple[bool, str, Any, str]]:
         from optispace.proxies.regime import REGIMES
@@ -188,7 +199,7 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, int, float], None] | None = 
     """Train ``cfg`` and return its record. ``on_eval(step, tokens, val_loss)`` runs after each
     evaluation and may raise (e.g. optuna.TrialPruned) out of ``train``; divergence never raises.
     ``checkpoint``: a file rewritten at each evaluation; ``resume``: such a file to continue from."""
-    tier = TIERS[cfg.proxy]
+    tier = cfg.tier
     device = resolve_device(cfg.device)
     callbacks = list(callbacks)
     if device.type == "cuda":
@@ -224,7 +235,7 @@ class _Run:
 
     def __init__(self, cfg: TrainConfig, regime: Regime, optimizer: Optimizer, base_lrs: list[float],
                  device: torch.device, steps: int, callbacks: list, record: RunRecord):
-        tier = TIERS[cfg.proxy]
+        tier = cfg.tier
         self.cfg, self.regime, self.model = cfg, regime, regime.model
         self.optimizer, self.base_lrs, self.device, self.steps = optimizer, base_lrs, device, steps
         self.callbacks, self.record = callbacks, record
@@ -360,7 +371,9 @@ def _load_checkpoint(path: Path, regime: Regime, optimizer: Optimizer,
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"resume: {path} is not an optispace checkpoint of format {CHECKPOINT_FORMAT}")
     # a checkpoint from before a setting existed was made at that setting's default
-    theirs = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING} | state["config"]
+    defaults = {f.name: f.default_factory() if f.default is MISSING else f.default
+                for f in fields(TrainConfig) if f.default is not MISSING or f.default_factory is not MISSING}
+    theirs = defaults | state["config"]
     differ = sorted(k for k in record.config.keys() | theirs.keys() if record.config.get(k) != theirs.get(k))
     if differ:
         raise UserError(f"resume: {path} was made with a different config ({', '.join(differ)} differ); "

@@ -6,12 +6,12 @@ analysis (``optispace.report.analyses``); ``optispace.report.write`` turns the r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import optuna
 import polars as pl
 
-from optispace.report import analyses, frames
+from optispace.report import analyses, frames, scaling
 
 # Used when neither the command line nor the study states a tolerance (in val loss, nats/token).
 DEFAULT_TOLERANCE = 0.02
@@ -39,6 +39,11 @@ class Report:
     front: pl.DataFrame
     sensitivity: pl.DataFrame
     best_curves: pl.DataFrame
+    #: The scaling section's frames (``optispace.report.scaling``); empty when nothing was swept.
+    scale_axes: tuple[str, ...] = ()
+    scale_best: pl.DataFrame = field(default_factory=pl.DataFrame)
+    scale_fits: pl.DataFrame = field(default_factory=pl.DataFrame)
+    scale_gaps: pl.DataFrame = field(default_factory=pl.DataFrame)
 
     @property
     def roles(self) -> list[str]:
@@ -70,6 +75,8 @@ def build_report(study: optuna.Study, tolerance: float | None = None) -> Report:
     params = frames.params_frame(trials_list)
     structs = analyses.sufficiency(analyses.structures(trials), tolerance)
     imp, note = analyses.importance(study, params)
+    axes = scaling.scale_axes(info.search)
+    best = scaling.best_at(scaling.with_groups(trials, structs, info.search), axes)
     return Report(
         info=info,
         tolerance=tolerance,
@@ -84,4 +91,8 @@ def build_report(study: optuna.Study, tolerance: float | None = None) -> Report:
         front=analyses.pareto_front(trials),
         sensitivity=analyses.lr_sensitivity(trials, structs, tolerance, analyses.lr_ranges(info.search)),
         best_curves=analyses.best_curves(curves, structs, TOP_FIGURE),
+        scale_axes=tuple(axes),
+        scale_best=best,
+        scale_fits=scaling.fits(best),
+        scale_gaps=scaling.gaps(best),
     )

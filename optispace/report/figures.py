@@ -10,8 +10,8 @@ Helpers other reports reuse (the probe report does):
 - ``COLORS``: the colour of the k-th series, the same in every figure of a report.
 
 The report's own figures: ``pareto_figure``, ``sensitivity_figure``, ``curves_figure``,
-``map_figure``. Each takes frames from ``optispace.report.analyses`` and a path, and returns
-the path.
+``map_figure``, ``scaling_figure``. Each takes frames from ``optispace.report.analyses`` (or
+``optispace.report.scaling``) and a path, and returns the path.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import polars as pl
 from matplotlib.figure import Figure
 from matplotlib.ticker import (
     EngFormatter,
+    FixedLocator,
     FuncFormatter,
     LogLocator,
     MultipleLocator,
@@ -270,3 +271,47 @@ def _loss_window(losses: pl.Series, head: float = 0.0) -> tuple[float, float]:
     top = min(high, median + 2 * (median - low) + head)
     pad = 0.05 * max(top - low, 1e-3)
     return low - pad, top + pad
+
+
+def scaling_figure(best: pl.DataFrame, fits: pl.DataFrame, gaps: pl.DataFrame, path: Path) -> Path:
+    """Per swept axis (a row): best loss (log-log, fitted power law dashed), best lr, paired gap to
+    adamw with the seeds' sd as error bars; one colour per group, the same in every panel."""
+    axes_names = list(dict.fromkeys(best["axis"].to_list()))
+    groups = sorted(set(best["group"].to_list()))
+    fig, grid = new_figure(len(axes_names), 3, width=11.0, height=3.2 * len(axes_names))
+    grid = np.atleast_2d(grid)
+    for row, axis in zip(grid, axes_names, strict=True):
+        for k, group in enumerate(groups):
+            color = COLORS[k % len(COLORS)]
+            part = best.filter((pl.col("axis") == axis) & (pl.col("group") == group)).sort("value")
+            x = part["value"].to_numpy()
+            row[0].plot(x, part["best_loss"].to_numpy(), "o-", color=color, label=group)
+            fit = fits.filter((pl.col("axis") == axis) & (pl.col("group") == group))
+            if fit.height:
+                a, b = fit["coefficient"][0], fit["exponent"][0]
+                row[0].plot(x, a * x**b, "--", color=color, alpha=0.6)
+            lrs = part.filter(pl.col("best_lr").is_not_null())
+            row[1].plot(lrs["value"].to_numpy(), lrs["best_lr"].to_numpy(), "o-", color=color)
+            gap = gaps.filter((pl.col("axis") == axis) & (pl.col("group") == group)).sort("value")
+            if gap.height:
+                sd = gap["gap_sd"].fill_null(0.0).to_numpy()
+                row[2].errorbar(gap["value"].to_numpy(), gap["gap"].to_numpy(), yerr=sd, fmt="o-",
+                                color=color, capsize=3)
+        values = sorted(set(best.filter(pl.col("axis") == axis)["value"].to_list()))
+        for ax in row:
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(FixedLocator(values))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_locator(NullLocator())
+        for ax in row[:2]:
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+        row[0].yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))  # losses span < a decade
+        row[2].axhline(0.0, color=_MUTED, linewidth=1)
+        row[0].set_ylabel("best val loss")
+        row[1].set_ylabel("best lr")
+        row[2].set_ylabel("gap to adamw (val loss)")
+        for ax in row:
+            ax.set_xlabel(axis)
+    grid[0][0].legend()
+    return save_png(fig, path)

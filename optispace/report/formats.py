@@ -69,6 +69,8 @@ HEADERS = {
     "failure_step": "failure step",
     "label": "structure",
     "roles": "role(s)",
+    "group": "recipe or structure",
+    "r2": "r²",
 }
 FORMATS: dict[str, Callable] = {
     "best_loss": fmt_loss,
@@ -87,6 +89,10 @@ FORMATS: dict[str, Callable] = {
     "diverged_lo": fmt_lr,
     "best_lr": fmt_lr,
     "basin_decades": "{:.2f}".format,
+    "gap to adamw": fmt_signed,
+    "gap sd": fmt_loss,
+    "exponent": "{:+.3f}".format,
+    "r2": "{:.3f}".format,
 }
 
 

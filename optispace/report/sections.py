@@ -31,6 +31,7 @@ def markdown(r: Report, drawn: Collection[str]) -> str:
         _pareto_section(r, drawn),
         _sensitivity_section(r, drawn),
         _curves_section(r, drawn),
+        _scaling_section(r, drawn),
         _unfinished_section(r),
         _files_section(r),
     ]
@@ -343,6 +344,43 @@ def _curves_section(r: Report, drawn: Collection[str]) -> str:
         + (figure if "curves.png" in drawn else "")
         + table(summary)
     )
+
+
+def _scaling_section(r: Report, drawn: Collection[str]) -> str:
+    """Best loss, best lr and the paired gap to adamw against each swept scale axis, and the fits."""
+    if r.scale_best.is_empty():
+        return ""
+    from optispace.report.scaling import REFERENCE
+
+    rule = (r.info.search.get("scaling") or {}).get("lr_rule", "plain")
+    figure = "\n![Best loss, best lr and gap to adamw against each scale axis](scaling.png)\n"
+    parts = [
+        "## Scaling\n\n"
+        f"The study swept {', '.join(r.scale_axes)}. Per recipe or structure and per value of an axis: "
+        "the best finished trial over every value of the other axes (*best loss*: its mean val loss "
+        "over seeds; *seed sd*: the sample sd of its per-seed losses), its lr (the matrix role's, as "
+        f"sampled: lr rule `{rule}`"
+        + (", under which the matrix trains at lr × base_dim / dim" if rule == "mup" else "")
+        + "), and the paired gap to "
+        f"{REFERENCE} (per seed, loss minus {REFERENCE}'s at the same value; mean ± sd over seeds, "
+        "error bars in the figure). A best lr that stays put as an axis grows is an lr that "
+        "transfers. The fit is the power law loss = a · x^b by least squares in log-log space; "
+        "*r²* is the share of the variance of log loss it explains (with 2 points it is 1 by "
+        "construction).\n" + (figure if "scaling.png" in drawn else "")
+    ]
+    best = r.scale_best.join(r.scale_gaps, on=["group", "axis", "value"], how="left")
+    for axis in r.scale_axes:
+        rows = best.filter(pl.col("axis") == axis)
+        if rows.is_empty():
+            continue
+        shown = rows.select(
+            "group", pl.col("value").alias(axis), "best_loss", "seed_sd", "best_lr", "n_trials",
+            "best_trial", pl.col("gap").alias("gap to adamw"), pl.col("gap_sd").alias("gap sd"),
+        )
+        parts.append(f"### Against {axis}\n\n" + table(shown))
+    if not r.scale_fits.is_empty():
+        parts.append("### Power-law fits of the best loss\n\n" + table(r.scale_fits))
+    return "\n".join(parts)
 
 
 def _unfinished_section(r: Report) -> str:

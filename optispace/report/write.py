@@ -29,7 +29,8 @@ def write_report(report: Report, out: Path) -> list[Path]:
 
 
 def draw_figures(report: Report, out: Path) -> list[Path]:
-    """Draw each figure the report has data for into ``out``: map, Pareto front, lr sensitivity, curves."""
+    """Draw each figure the report has data for into ``out``: map, Pareto front, lr sensitivity, curves,
+    scaling."""
     r = report
     drawn = []
     if not r.shares.is_empty() and r.structures["sufficient"].sum():
@@ -41,6 +42,8 @@ def draw_figures(report: Report, out: Path) -> list[Path]:
         drawn.append(_sensitivity_figure(r, out / "sensitivity.png"))
     if not r.best_curves.is_empty():
         drawn.append(figures.curves_figure(r.best_curves, out / "curves.png"))
+    if not r.scale_best.is_empty():
+        drawn.append(figures.scaling_figure(r.scale_best, r.scale_fits, r.scale_gaps, out / "scaling.png"))
     return drawn
 
 

@@ -24,7 +24,8 @@ from typing import Any, Protocol
 
 import optuna
 
-from optispace.search.space import Configuration, sample
+from optispace.search import scale
+from optispace.search.space import Configuration, sample_configuration
 from optispace.search.spec import SearchSpec
 from optispace.trial import RoleRun, TrialRecord, write
 
@@ -60,19 +61,23 @@ def proxy_trainer(config: dict[str, Any], on_eval: OnEval) -> Record:
     return train(TrainConfig(**settings), on_eval=on_eval, callbacks=probes, progress=False)
 
 
-def train_config(spec: SearchSpec, configuration: Configuration, seed: int) -> dict[str, Any]:
-    """The settings of one seed of a configuration: ``TrainConfig`` keyword arguments and ``probes``.
+def train_config(
+    spec: SearchSpec, configuration: Configuration, seed: int, point: scale.Point | None = None
+) -> dict[str, Any]:
+    """The settings of one seed of a configuration at a scale ``point`` (``optispace.search.scale``):
+    ``TrainConfig`` keyword arguments and ``probes``.
 
     ``probes`` (names) ride on the first seed only: a trial records only that seed's (the seeds are
     distinct).
     """
-    proxy = spec.proxy
+    proxy, point = spec.proxy, point or {}
     return {
         "recipe": configuration.recipe,
         "proxy": proxy.tier,
-        "tokens": budget_tokens(spec),
+        "shape": scale.shape(proxy, spec.scaling, point),
+        "tokens": scale.budget(proxy, spec.scaling, point),
         "lr": None,
-        "role_lr": configuration.role_lr,
+        "role_lr": scale.role_lr(spec, point, configuration.role_lr),
         "hyperparameters": {},
         "seed": seed,
         "device": proxy.device,
@@ -115,20 +120,6 @@ def probe_summaries(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, A
     }
 
 
-def budget_tokens(spec: SearchSpec) -> int:
-    """Tokens per trial and seed: given, or ``steps`` times the tier's tokens per step."""
-    if spec.proxy.tokens is not None:
-        return spec.proxy.tokens
-    return spec.proxy.steps * tokens_per_step(spec)
-
-
-def tokens_per_step(spec: SearchSpec) -> int:
-    """Tokens in one optimizer step of the search's proxy tier (batch size times sequence length)."""
-    from optispace.proxies import TIERS
-
-    return TIERS[spec.proxy.tier].tokens_per_step
-
-
 @dataclass
 class Objective:
     """The define-by-run objective of a study."""
@@ -137,15 +128,16 @@ class Objective:
     trainer: Trainer = proxy_trainer
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
-        configuration = sample(trial, self.spec.roles)
-        _record_configuration(trial, configuration, self.spec)
+        point = scale.suggest(trial, self.spec.proxy)  # first: the grid sampler branches on it
+        configuration = sample_configuration(trial, self.spec)
+        _record_configuration(trial, configuration, self.spec, point)
         records: list[Record] = []
         last_step = [0]
         pareto = len(self.spec.objectives) > 1
         for index, seed in enumerate(self.spec.seeds):
             on_eval = _Reporter(trial, last_step, first=index == 0, pareto=pareto)
             try:
-                record = self.trainer(train_config(self.spec, configuration, seed), on_eval)
+                record = self.trainer(train_config(self.spec, configuration, seed, point), on_eval)
             except optuna.TrialPruned:
                 raise
             except BaseException as e:
@@ -157,12 +149,13 @@ class Objective:
                 failure = f"diverged: {record.diverged} (seed {seed})"
                 write(trial, TrialRecord(failure=failure, failure_step=record.diverged_step))
                 break
-        return self._values(trial, records)
+        return self._values(trial, records, point)
 
-    def _values(self, trial: optuna.Trial, records: list[Record]) -> list[float]:
+    def _values(self, trial: optuna.Trial, records: list[Record], point: scale.Point) -> list[float]:
         losses = [r.final_val_loss if not r.diverged else None for r in records]
         losses += [None] * (len(self.spec.seeds) - len(losses))
-        write(trial, _run_record(records, losses, tokens_per_step(self.spec), bool(self.spec.proxy.probes)))
+        per_step = scale.tier(self.spec.proxy, self.spec.scaling, point).tokens_per_step
+        write(trial, _run_record(records, losses, per_step, bool(self.spec.proxy.probes)))
         state_bytes = sum(records[0].state_bytes.values())
         diverged = any(loss is None for loss in losses)
         value = self.spec.penalty if diverged else math.fsum(losses) / len(losses)
@@ -203,13 +196,16 @@ def _describe(error: BaseException) -> str:
     return f"crashed: {type(error).__name__}: {error}"
 
 
-def _record_configuration(trial: optuna.Trial, configuration: Configuration, spec: SearchSpec) -> None:
+def _record_configuration(
+    trial: optuna.Trial, configuration: Configuration, spec: SearchSpec, point: scale.Point
+) -> None:
+    """The sampled configuration; its lrs as sampled (under muP, the matrix trains at a scaled one)."""
     roles = {
         role: RoleRun(trained=draw.trained, label=draw.structure, lr=draw.lr)
         for role, draw in configuration.draws.items()
     }
     write(trial, TrialRecord(roles=roles, hp=configuration.hp, seeds=tuple(spec.seeds),
-                            regime=spec.proxy.regime))
+                             regime=spec.proxy.regime, scale=point))
 
 
 def _run_record(

@@ -32,11 +32,11 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from optispace.errors import UserError
-from optispace.search import heartbeat
+from optispace.search import heartbeat, scale
 from optispace.search.heartbeat import RetryConfiguration, claim, fail_stale, trial_id
 from optispace.search.interrupts import deferred, interrupts_raise
 from optispace.search.objective import Objective, Trainer, proxy_trainer
-from optispace.search.space import grid_size
+from optispace.search.space import configurations
 from optispace.search.spec import SearchSpec
 from optispace.search.storage import StorageUnavailable, open_storage
 from optispace.search.study import open_study
@@ -261,7 +261,7 @@ def run_search(
     name = name or spec.name
     n_trials = n_trials or spec.trials
     if spec.sampler == "grid":
-        size = grid_size(spec.roles)
+        size = configurations(spec) * len(scale.grid(spec.proxy.sweep))
         if n_trials > size:
             raise UserError(
                 f"the grid of {spec.path} has {size} configurations; ask for at most {size} trials"

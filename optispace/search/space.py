@@ -17,7 +17,7 @@ import optuna
 
 from optispace.chain import Chain, parse_chain
 from optispace.search.families import FAMILIES, WEIGHT_DECAY, Choice, uses
-from optispace.search.spec import ROLES, Number, Range, RoleSpace, Values
+from optispace.search.spec import ROLES, Number, Range, RoleSpace, SearchSpec, Values
 from optispace.trial import without_idle
 
 
@@ -59,6 +59,30 @@ class Configuration:
     def hp(self) -> dict[str, float]:
         """Every tuned number other than lr, as ``<role>.<name>``."""
         return {f"{role}.{name}": v for role, draw in self.draws.items() for name, v in draw.numbers.items()}
+
+
+def sample_configuration(trial: optuna.Trial, spec: SearchSpec) -> Configuration:
+    """Draw a configuration from the search's ``[recipes]``, else from its role spaces."""
+    return sample_recipe(trial, spec.recipes) if spec.recipes else sample(trial, spec.roles)
+
+
+def sample_recipe(trial: optuna.Trial, recipes: dict[str, Number]) -> Configuration:
+    """A named recipe (parameter ``recipe`` when there are several) at its defaults, and its lr
+    (parameter ``<recipe>.lr``) on every role; its chains are their own structure labels."""
+    from optispace.recipes import get_recipe
+
+    names = list(recipes)
+    name = names[0] if len(names) == 1 else trial.suggest_categorical("recipe", names)
+    lr = _suggest(trial, f"{name}.lr", recipes[name])
+    chains = get_recipe(name).chains()
+    return Configuration({role: Draw(str(chains[role]), str(chains[role]), lr, {}) for role in ROLES})
+
+
+def configurations(spec: SearchSpec) -> int:
+    """How many distinct configurations an enumerable search holds (see :func:`grid_size`)."""
+    if spec.recipes:
+        return sum(len(n.values) if isinstance(n, Values) else 1 for n in spec.recipes.values())
+    return grid_size(spec.roles)
 
 
 def sample(trial: optuna.Trial, roles: dict[str, RoleSpace]) -> Configuration:

@@ -8,10 +8,16 @@ allowed. The layout (see ``searches/smoke.toml`` for a commented example)::
     [proxy]   tier, data, tokens | steps, eval_every, eval_batches, schedule, warmup, grad_clip,
               device, compile, threads (CPU threads per worker; default: the cores shared out),
               probes (names from ``optispace.probes.PROBES`` recorded on each trial; default none),
-              regime (pretrain, sft or rl; default pretrain) and its settings (REGIME_KEYS)
+              regime (pretrain, sft or rl; default pretrain) and its settings (REGIME_KEYS),
+              vocab, dim, layers, heads, batch_size, seq_len, tokens: a value (overrides the tier's)
+              or a list (a scale axis, swept as a grid; see ``optispace.search.scale``)
+    [scaling] tokens_per_param (the budget rule, instead of tokens | steps), lr_rule (plain | mup),
+              base_dim (the width the lrs are tuned at under mup; default the least width)
     [roles.<role>]  one of: chain = "text" | tie = "<role>" | <family> = [choices, ...]
                     and lr, beta1, beta2, weight_decay: a number (fixed), [low, high] (a range;
                     log-uniform for lr) or {values = [...]} (a choice among numbers)
+    [recipes]       instead of [roles]: named recipes (``optispace recipes``) compared as they
+                    are, each with its own lr, e.g. ``adamw = {lr = {values = [1e-3, 3e-3]}}``
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ MAX_SEED = 2**63 - 1
 MAX_STEPS = 10**9
 MAX_TOKENS = 10**13
 MAX_EVAL_TOKENS = 2**26
+MAX_GRID = 10_000
+#: A byte-level BPE has 256 byte symbols and the end-of-text token before its first merge.
+MIN_TEXT_VOCAB = 257
 SAMPLERS = ("tpe", "random", "grid", "gp", "nsga2")
 PRUNERS = ("median", "hyperband", "none")
 OBJECTIVES = (("val_loss",), ("val_loss", "state_bytes"))
@@ -88,8 +97,21 @@ class ProxySpec:
     compile: bool
     threads: int | None
     probes: tuple[str, ...]
+    #: Scale axes given as one value (``tokens`` excepted: it is ``tokens``), by axis name.
+    shape: dict[str, int] = field(default_factory=dict)
+    #: Scale axes given as a list: the grid, by axis in ``optispace.search.scale.AXES`` order.
+    sweep: dict[str, tuple[int, ...]] = field(default_factory=dict)
     regime: str = "pretrain"
     regime_settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ScalingSpec:
+    """``[scaling]``: the token budget and lr rules (``optispace.search.scale``)."""
+
+    tokens_per_param: float | None = None
+    lr_rule: str = "plain"
+    base_dim: int | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +132,9 @@ class SearchSpec:
     proxy: ProxySpec
     roles: dict[str, RoleSpace]
     raw: dict[str, Any]
+    scaling: ScalingSpec = ScalingSpec()
+    #: ``[recipes]``: recipe name -> its lr (then ``roles`` is empty).
+    recipes: dict[str, Number] = field(default_factory=dict)
 
 
 _MISSING = object()
@@ -257,7 +282,7 @@ def _data(vocab: int) -> Callable[[Any], str | None]:
     """A data source ``train`` accepts (checked by its form, not loaded) for a model of ``vocab``."""
 
     def check(value: Any) -> str | None:
-        problem = _string(value)
+        problem = None if value is None else _string(value)
         if problem:
             return problem
         from optispace.proxies.data import check_data
@@ -329,9 +354,16 @@ def parse_search_data(raw: dict[str, Any], path: str = "<search>", text: str = "
     file = _File(path, text)
     top = _Table(file, (), raw)
     study = top.table("study")
-    proxy = _proxy(top.table("proxy"))
-    roles = _roles(top.table("roles"))
-    top.done(("study", "proxy", "roles"))
+    scaling_table = _Table(file, ("scaling",), raw.get("scaling", {}))
+    top.read.add("scaling")
+    tokens_per_param = scaling_table.get("tokens_per_param", _real(0.0, open_low=True), None)
+    proxy = _proxy(top.table("proxy"), budget_rule=tokens_per_param is not None)
+    scaling = _scaling(scaling_table, proxy, tokens_per_param)
+    if "recipes" in raw and "roles" in raw:
+        raise top.error("recipes", "give either [roles] (a space of chains) or [recipes], not both")
+    recipes = _recipes(top.table("recipes")) if "recipes" in raw else {}
+    roles = {} if recipes else _roles(top.table("roles"))
+    top.done(("study", "proxy", "roles", "recipes", "scaling"))
 
     name = study.get("name", study_name_problem)
     question = study.get("question", _string)
@@ -341,15 +373,21 @@ def parse_search_data(raw: dict[str, Any], path: str = "<search>", text: str = "
     seeds = tuple(study.get("seeds", _seed_list, [0]))
     objectives = tuple(study.get("objectives", _objectives, ["val_loss"]))
     sampler = study.get("sampler", _one_of(SAMPLERS), "tpe")
-    pruner = study.get("pruner", _one_of(PRUNERS), "median" if len(objectives) == 1 else "none")
+    prunable = len(objectives) == 1 and not proxy.sweep
+    pruner = study.get("pruner", _one_of(PRUNERS), "median" if prunable else "none")
     penalty = float(study.get("penalty", _real(0.0, open_low=True), 20.0))
     study.done()
     if len(objectives) > 1 and pruner != "none":
         raise study.error(
             "pruner", f'pruning needs a single objective; use pruner = "none" with {objectives}'
         )
+    if proxy.sweep and pruner != "none":
+        raise study.error(
+            "pruner", f'a pruner would compare curves across the scale axes {", ".join(proxy.sweep)}; '
+            'use pruner = "none"'
+        )
     if sampler == "grid":
-        _check_enumerable(file, roles)
+        _check_enumerable(file, roles, recipes)
     return SearchSpec(
         path=path,
         name=name,
@@ -365,24 +403,52 @@ def parse_search_data(raw: dict[str, Any], path: str = "<search>", text: str = "
         proxy=proxy,
         roles=roles,
         raw=raw,
+        scaling=scaling,
+        recipes=recipes,
     )
 
 
-def _proxy(table: _Table) -> ProxySpec:
+def _proxy(table: _Table, budget_rule: bool = False) -> ProxySpec:
     from optispace.proxies import TIERS
     from optispace.proxies.regime import REGIMES
     from optispace.proxies.train import SCHEDULES
+    from optispace.search.scale import AXES, grid
 
-    tokens = table.get("tokens", _integer(1, MAX_TOKENS), None)
+    for name, value in table.data.items():
+        if isinstance(value, list) and name not in AXES and name != "probes":
+            raise table.error(
+                name, f"takes one value, not a list; only {', '.join(AXES)} may be a list to sweep"
+            )
+    fixed, sweep = _scale_axes(table)
+    tokens = fixed.pop("tokens", None)
     steps = table.get("steps", _integer(1, MAX_STEPS), None)
-    if (tokens is None) == (steps is None):
+    budgets = (("tokens", tokens or sweep.get("tokens")), ("steps", steps))
+    given = [name for name, v in budgets if v is not None]
+    if budget_rule and given:
+        raise table.error(given[0], "the budget is [scaling] tokens_per_param; leave out tokens and steps")
+    if not budget_rule and len(given) != 1:
         raise table.file.error(table.key, "give the budget per trial as exactly one of 'tokens' or 'steps'")
     tier_name = table.get("tier", _one_of(tuple(TIERS)))
     tier = TIERS[tier_name]
-    max_batches = MAX_EVAL_TOKENS // tier.tokens_per_step
+    vocabs = sweep.get("vocab") or (fixed.get("vocab", tier.model.vocab_size),)
+    vocab_given = "vocab" in fixed or "vocab" in sweep
+    data = table.get("data", _string, None)
+    for vocab in vocabs:
+        problem = _data(vocab)(data)
+        if problem:
+            at = f" (vocab {vocab})" if len(vocabs) > 1 else ""
+            raise table.error("vocab" if vocab_given else "data", problem + at)
+    if vocab_given:
+        _check_vocabs(table, data, vocabs)
+    per_step = max(
+        p.get("batch_size", fixed.get("batch_size", tier.batch_size))
+        * p.get("seq_len", fixed.get("seq_len", tier.model.seq_len))
+        for p in grid(sweep)
+    )
+    max_batches = max(1, MAX_EVAL_TOKENS // per_step)
     spec = ProxySpec(
         tier=tier_name,
-        data=table.get("data", _data(tier.model.vocab_size), None),
+        data=data,
         tokens=tokens,
         steps=steps,
         eval_every=table.get("eval_every", _integer(1), 50),
@@ -394,6 +460,8 @@ def _proxy(table: _Table) -> ProxySpec:
         compile=table.get("compile", _boolean, False),
         threads=table.get("threads", _integer(1), None),
         probes=tuple(table.get("probes", _probe_names, [])),
+        shape=fixed,
+        sweep=sweep,
         regime=table.get("regime", _one_of(REGIMES), "pretrain"),
         regime_settings={key: table.get(key, check) for key, check in _regime_keys().items()
                          if key in table.data},
@@ -402,6 +470,101 @@ def _proxy(table: _Table) -> ProxySpec:
     if spec.regime == "pretrain" and spec.regime_settings:
         raise table.error(next(iter(spec.regime_settings)), 'a setting of regime "sft" or "rl"; set regime')
     return spec
+
+
+def _check_vocabs(table: _Table, data: str | None, vocabs: tuple[int, ...]) -> None:
+    """Each vocabulary one the text corpus can give (``optispace.proxies.data.vocab_range``)."""
+    from optispace.proxies.data import vocab_range
+
+    limits = vocab_range(data)
+    if limits is None:
+        return
+    low, high, name = limits
+    for vocab in vocabs:
+        if not low <= vocab <= high:
+            raise table.error(
+                "vocab", f"{vocab} is not a vocabulary {name} can give: a byte-level BPE of it has "
+                f"from {low} to at most {high:,} tokens"
+            )
+
+
+def _scale_axes(table: _Table) -> tuple[dict[str, int], dict[str, tuple[int, ...]]]:
+    """The scale axes ``table`` gives: one value each (fixed), or a list each (swept), in axis order."""
+    from optispace.search.scale import AXES
+
+    fixed: dict[str, int] = {}
+    sweep: dict[str, tuple[int, ...]] = {}
+    for axis in AXES:
+        low, high = (2, None) if axis == "vocab" else (1, MAX_TOKENS if axis == "tokens" else None)
+        check = _integer(low, high)
+        value = table.get(axis, lambda v, c=check: _axis_values(v, c), None)
+        if isinstance(value, list):
+            sweep[axis] = tuple(value)
+        elif value is not None:
+            fixed[axis] = value
+    size = math.prod(len(v) for v in sweep.values())
+    if size > MAX_GRID:
+        raise table.error(next(iter(sweep)), f"the scale grid has {size} points; at most {MAX_GRID}")
+    return fixed, sweep
+
+
+def _axis_values(value: Any, check: Callable[[Any], str | None]) -> str | None:
+    """One value, or a non-empty list of distinct values, each passing ``check``."""
+    if not isinstance(value, list):
+        return check(value)
+    if not value:
+        return "an empty list sweeps nothing; give one value or a list of values"
+    for v in value:
+        problem = check(v)
+        if problem:
+            return f"list value {problem}"
+    return None if len(set(value)) == len(value) else f"has a repeated value: {value!r}"
+
+
+def _scaling(table: _Table, proxy: ProxySpec, tokens_per_param: float | None) -> ScalingSpec:
+    """``[scaling]`` read, and every point of the grid checked: a valid model, a budget of a step or more."""
+    from optispace.search.scale import LR_RULES
+
+    lr_rule = table.get("lr_rule", _one_of(LR_RULES), "plain")
+    dims = proxy.sweep.get("dim") or (proxy.shape.get("dim"),)
+    base_dim = table.get("base_dim", _integer(1), None)
+    if lr_rule == "mup" and base_dim is None:
+        from optispace.proxies import TIERS
+
+        base_dim = min(d if d is not None else TIERS[proxy.tier].model.dim for d in dims)
+    if lr_rule != "mup" and base_dim is not None:
+        raise table.error("base_dim", 'is the muP base width; set lr_rule = "mup" or leave it out')
+    table.done(("tokens_per_param", "lr_rule", "base_dim"))
+    scaling = ScalingSpec(tokens_per_param=tokens_per_param, lr_rule=lr_rule, base_dim=base_dim)
+    _check_points(table, proxy, scaling)
+    return scaling
+
+
+def _check_points(scaling_table: _Table, proxy: ProxySpec, scaling: ScalingSpec) -> None:
+    from optispace.search import scale
+
+    blame_shape = next((a for a in ("heads", "dim") if a in proxy.sweep), None) or next(
+        (a for a in ("heads", "dim") if a in proxy.shape), "tier"
+    )
+    proxy_key = ("proxy",)
+    for point in scale.grid(proxy.sweep):
+        at = f" at {_describe(point)}" if point else ""
+        try:
+            tier = scale.tier(proxy, scaling, point)
+        except ValueError as e:
+            raise scaling_table.file.error(proxy_key + (blame_shape,), f"{e}{at}") from None
+        tokens = scale.budget(proxy, scaling, point)
+        if tokens < tier.tokens_per_step:
+            rule = scaling.tokens_per_param is not None
+            key = ("scaling", "tokens_per_param") if rule else ("proxy", "tokens")
+            raise scaling_table.file.error(
+                key, f"gives {tokens} tokens{at}, fewer than one step of {tier.tokens_per_step} "
+                "(batch_size * seq_len)"
+            )
+
+
+def _describe(point: dict[str, int]) -> str:
+    return ", ".join(f"{axis} = {value}" for axis, value in point.items())
 
 
 def _checkpoint(value: Any) -> str | None:
@@ -453,6 +616,22 @@ def _roles(table: _Table) -> dict[str, RoleSpace]:
                         ("roles", role, "tie"), f"cannot share {space.tie}'s choices: {problem}"
                     )
     return spaces
+
+
+def _recipes(table: _Table) -> dict[str, Number]:
+    """``[recipes]``: each a named recipe with its lr (a number, a range or ``{values = [...]}``)."""
+    from optispace.recipes import RECIPES
+
+    if not table.data:
+        raise table.file.error(table.key, f"name at least one recipe: {', '.join(RECIPES)}")
+    recipes = {}
+    for name in table.data:
+        if name not in RECIPES:
+            raise table.error(name, f"unknown recipe; the recipes are {', '.join(RECIPES)}")
+        recipe = table.table(name)
+        recipes[name] = _number(recipe, "lr")
+        recipe.done(("lr",))
+    return recipes
 
 
 def _role(table: _Table) -> RoleSpace:
@@ -555,11 +734,11 @@ def _number(table: _Table, name: str) -> Number:
     return float(value)
 
 
-def _check_enumerable(file: _File, roles: dict[str, RoleSpace]) -> None:
-    for role, space in roles.items():
-        for name, number in space.numbers.items():
-            if isinstance(number, Range):
-                raise file.error(
-                    ("roles", role, name),
-                    'sampler "grid" enumerates choices; give a number or {values = [...]}, not a range',
-                )
+def _check_enumerable(file: _File, roles: dict[str, RoleSpace], recipes: dict[str, Number]) -> None:
+    numbers = {("roles", role, name): n for role, space in roles.items() for name, n in space.numbers.items()}
+    numbers.update({("recipes", recipe, "lr"): n for recipe, n in recipes.items()})
+    for key, number in numbers.items():
+        if isinstance(number, Range):
+            raise file.error(
+                key, 'sampler "grid" enumerates choices; give a number or {values = [...]}, not a range'
+            )

@@ -163,7 +163,7 @@ def open_study(spec: SearchSpec, storage: optuna.storages.BaseStorage, name: str
     exists, so a refused file would still have written to the storage.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = PerTrialSampler(lambda seed: make_sampler(spec, seed), spec.seed)
+    sampler = _sampler(spec)
     try:
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=make_pruner(spec))
     except KeyError:
@@ -176,6 +176,18 @@ def open_study(spec: SearchSpec, storage: optuna.storages.BaseStorage, name: str
             f"{key}); resume it with the file it was made from, or choose another name with --study"
         )
     return study
+
+
+def _sampler(spec: SearchSpec) -> PerTrialSampler:
+    """The study's sampler: the search file's, built per trial; scale points assigned by ``ScaleGrid``."""
+    from optispace.search.scale import ScaleGrid, grid
+
+    def build(seed: int) -> optuna.samplers.BaseSampler:
+        return make_sampler(spec, seed)
+
+    if spec.proxy.sweep:
+        return ScaleGrid(build, spec.seed, grid(spec.proxy.sweep))
+    return PerTrialSampler(build, spec.seed)
 
 
 def _create(

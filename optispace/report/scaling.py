@@ -1,0 +1,135 @@
+"""The report's scaling section as frames, for a study that swept scale axes (``optispace.search.scale``).
+
+A *group* is what the section compares: a recipe (a study of ``[recipes]``) or a structure (its
+label ``S<rank>``). Per group, scale axis and value of that axis:
+
+- :func:`best_at`: the best finished trial (least mean val loss over seeds; over every value of
+  the other axes), its loss, the sample sd of its per-seed losses, its lr (the matrix role's: the
+  one a muP rule scales) and the number of finished trials;
+- :func:`fits`: the power law ``loss = a * x^b`` fitted to the best losses by least squares in
+  log-log space, its exponent ``b``, and ``r2``, the share of the variance of log loss it explains;
+- :func:`gaps`: each group's paired gap to the reference recipe (adamw) at the same value: per
+  seed, group loss minus reference loss of the two best trials, then mean and sample sd over seeds.
+
+Every frame is sorted, so the same study gives the same tables.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+REFERENCE = "adamw"
+_GROUP = "group"
+
+
+def scale_axes(search: dict[str, Any]) -> list[str]:
+    """The axes the search file swept (given as lists in ``[proxy]``), in the search's axis order."""
+    from optispace.search.scale import AXES
+
+    proxy = search.get("proxy")
+    if not isinstance(proxy, dict):  # not a search file's table (a hand-made study)
+        return []
+    return [axis for axis in AXES if isinstance(proxy.get(axis), list)]
+
+
+def with_groups(trials: pl.DataFrame, structs: pl.DataFrame, search: dict[str, Any]) -> pl.DataFrame:
+    """``trials`` with a ``group`` column: the recipe trained, else the structure's label."""
+    recipes = list(search.get("recipes", {}))
+    if "param.recipe" in trials.columns:
+        return trials.with_columns(pl.col("param.recipe").alias(_GROUP))
+    if len(recipes) == 1:
+        return trials.with_columns(pl.lit(recipes[0]).alias(_GROUP))
+    labels = structs.select("structure", pl.col("label").alias(_GROUP))
+    return trials.join(labels, on="structure", how="left")
+
+
+def best_at(trials: pl.DataFrame, axes: list[str]) -> pl.DataFrame:
+    """Per group, axis and value: the best finished trial, its loss, seed sd and lr (module doc)."""
+    lr = "lr.matrix" if "lr.matrix" in trials.columns else None
+    parts = []
+    for axis in axes:
+        column = f"scale.{axis}"
+        done = trials.filter(pl.col("val_loss").is_not_null() & pl.col(column).is_not_null())
+        if done.is_empty():
+            continue
+        ranked = done.sort("val_loss", "number").with_columns(
+            n_trials=pl.len().over(_GROUP, column).cast(pl.Int64)
+        )
+        best = ranked.unique(subset=[_GROUP, column], keep="first", maintain_order=True)
+        parts.append(
+            best.select(
+                _GROUP,
+                pl.lit(axis).alias("axis"),
+                pl.col(column).alias("value"),
+                pl.col("val_loss").alias("best_loss"),
+                pl.col("seed_losses").list.drop_nulls().list.std(ddof=1).alias("seed_sd"),
+                (pl.col(lr) if lr else pl.lit(None, pl.Float64)).alias("best_lr"),
+                "n_trials",
+                pl.col("number").alias("best_trial"),
+                "seeds",
+                "seed_losses",
+            )
+        )
+    if not parts:
+        return pl.DataFrame()
+    return pl.concat(parts).sort(_GROUP, "axis", "value")
+
+
+def power_law(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float | None]:
+    """``(a, b, r2)`` of ``y = a * x^b`` by least squares on ``log y = log a + b log x``.
+
+    ``r2 = 1 - SS_res / SS_tot`` of log y; None when log y does not vary (nothing to explain).
+    """
+    lx, ly = np.log(np.asarray(x, dtype=np.float64)), np.log(np.asarray(y, dtype=np.float64))
+    b, log_a = np.polyfit(lx, ly, 1)
+    residual = float(np.sum((ly - (log_a + b * lx)) ** 2))
+    total = float(np.sum((ly - ly.mean()) ** 2))
+    return math.exp(log_a), float(b), (1.0 - residual / total) if total > 0 else None
+
+
+def fits(best: pl.DataFrame) -> pl.DataFrame:
+    """Per group and axis with 2 or more positive points: the power law of best loss vs the axis."""
+    rows = []
+    if not best.is_empty():
+        for (group, axis), part in best.group_by(_GROUP, "axis", maintain_order=True):
+            part = part.filter((pl.col("value") > 0) & (pl.col("best_loss") > 0))
+            if part.height < 2:
+                continue
+            a, b, r2 = power_law(part["value"].to_numpy(), part["best_loss"].to_numpy())
+            rows.append((group, axis, b, a, r2, part.height))
+    schema = {_GROUP: pl.String, "axis": pl.String, "exponent": pl.Float64, "coefficient": pl.Float64,
+              "r2": pl.Float64, "points": pl.Int64}
+    return pl.DataFrame(rows, schema=schema, orient="row").sort(_GROUP, "axis")
+
+
+def gaps(best: pl.DataFrame, reference: str = REFERENCE) -> pl.DataFrame:
+    """Per group other than ``reference``, axis and value: the paired per-seed gap to ``reference``."""
+    schema = {_GROUP: pl.String, "axis": pl.String, "value": pl.Float64, "gap": pl.Float64,
+              "gap_sd": pl.Float64, "paired_seeds": pl.Int64}
+    if best.is_empty() or reference not in best[_GROUP].to_list():
+        return pl.DataFrame(schema=schema)
+    ref = {(r["axis"], r["value"]): r for r in best.filter(pl.col(_GROUP) == reference).iter_rows(named=True)}
+    rows = []
+    for r in best.filter(pl.col(_GROUP) != reference).iter_rows(named=True):
+        other = ref.get((r["axis"], r["value"]))
+        if other is None:
+            continue
+        diffs = _paired(r["seeds"], r["seed_losses"], other["seeds"], other["seed_losses"])
+        if diffs:
+            sd = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else None
+            rows.append((r[_GROUP], r["axis"], r["value"], math.fsum(diffs) / len(diffs), sd, len(diffs)))
+    return pl.DataFrame(rows, schema=schema, orient="row").sort(_GROUP, "axis", "value")
+
+
+def _paired(seeds: list, losses: list, ref_seeds: list, ref_losses: list) -> list[float]:
+    """Per seed both trials finished: loss minus the reference's loss, in seed order."""
+    ref = dict(zip(ref_seeds or [], ref_losses or [], strict=True))
+    return [
+        loss - ref[seed]
+        for seed, loss in sorted(zip(seeds or [], losses or [], strict=True))
+        if loss is not None and ref.get(seed) is not None
+    ]
