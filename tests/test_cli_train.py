@@ -258,6 +258,7 @@ def _optispace(*argv: str, launcher: tuple[str, ...] = ()) -> subprocess.Complet
 TORCHRUN = ("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", [(), TORCHRUN], ids=["nproc", "torchrun"])
 def test_two_ranks_train_as_one_process_and_only_rank_0_writes(tmp_path, launcher, capsys):
     one, two = tmp_path / "one.json", tmp_path / "two.json"
@@ -274,6 +275,7 @@ def test_two_ranks_train_as_one_process_and_only_rank_0_writes(tmp_path, launche
         assert q["val_loss"] == pytest.approx(p["val_loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_a_killed_rank_stops_the_run_with_a_message_and_no_record(tmp_path):
     out = tmp_path / "run.json"
     argv = [sys.executable, "-m", "optispace", *TINY, "--steps", "100000", "--nproc", "2", "--out", str(out)]

@@ -78,6 +78,7 @@ def two_ranks(tmp_path_factory) -> tuple[list[dict], object]:
     return _spawn(folder, "full"), folder
 
 
+@pytest.mark.slow
 def test_two_ranks_give_the_losses_of_one_process_on_the_same_global_batch(two_ranks):
     records, _ = two_ranks
     one = train(tiny(), progress=False)
@@ -92,6 +93,7 @@ def test_two_ranks_give_the_losses_of_one_process_on_the_same_global_batch(two_r
     assert records[0]["state_bytes"] == one.state_bytes
 
 
+@pytest.mark.slow
 def test_two_ranks_resume_bit_for_bit_from_rank_0s_checkpoint(two_ranks):
     records, folder = two_ranks
     _spawn(folder, "stop")
