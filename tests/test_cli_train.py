@@ -294,6 +294,23 @@ def test_a_killed_rank_stops_the_run_with_a_message_and_no_record(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
+def test_sigterm_to_the_launching_command_stops_every_rank_as_an_interrupt(tmp_path):
+    out = tmp_path / "run.json"
+    argv = [sys.executable, "-m", "optispace", *TINY, "--steps", "100000", "--nproc", "2", "--out", str(out)]
+    launched = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=os.environ | {"OMP_NUM_THREADS": "1"})
+    try:
+        ranks = [_wait_for_rank(launched.pid, rank=r) for r in (0, 1)]
+        time.sleep(2)
+        launched.send_signal(signal.SIGTERM)
+        _, err = launched.communicate(timeout=60)
+    finally:
+        launched.kill()
+    assert launched.returncode == 130 and err.rstrip().splitlines()[-1] == "optispace train: interrupted"
+    assert not out.exists() and not any(Path(f"/proc/{pid}").exists() for pid in ranks)
+
+
 def _wait_for_rank(parent: int, rank: int, timeout: float = 120) -> int:
     """The pid of the process below ``parent`` that torch's launcher gave ``RANK=rank``, once it trains."""
     deadline = time.monotonic() + timeout

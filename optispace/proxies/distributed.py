@@ -109,7 +109,9 @@ class RanksFailed(RuntimeError):
 def launch(nproc: int, argv: Sequence[str]) -> None:
     """Run ``python -m optispace ARGV`` as ``nproc`` ranks on this machine through torch's elastic
     launcher, as ``torchrun --standalone --nproc-per-node NPROC`` does (c10d rendezvous on a free
-    local port, no restarts). Raises :class:`RanksFailed` naming the first rank that failed."""
+    local port, no restarts). Raises :class:`RanksFailed` naming the first rank that failed, and
+``KeyboardInterrupt`` when a signal (Ctrl-C, SIGTERM) stopped the run."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -125,6 +127,8 @@ def launch(nproc: int, argv: Sequence[str]) -> None:
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
         raise RanksFailed(_failure_text(rank, failure.exitcode), failure.exitcode) from None
+    except SignalException as e:  # Ctrl-C or SIGTERM: the launcher has stopped the ranks
+        raise KeyboardInterrupt(e.sigval.name) from None
 
 
 def _failure_text(rank: int, exitcode: int) -> str:
