@@ -12,9 +12,9 @@ from pathlib import Path
 
 from optispace.errors import UserError
 
+MAX_NPROC = 1024  # ranks on one machine; more is a typo
 # The regime's settings (TrainConfig fields); unset ones come from a study's trial, else from
 # TrainConfig's defaults.
-MAX_NPROC = 1024
 REGIME_OPTIONS = ("regime", "init", "pairs", "new_rows", "task", "group_size", "clip", "kl",
                   "updates_per_batch")
 
