@@ -15,6 +15,7 @@ _EXPORTS = {
     "parse_chain": "optispace.chain",
     "Optimizer": "optispace.optimizer",
     "state_bytes_for": "optispace.optimizer",
+    "sharded_state_bytes": "optispace.optimizer",
     "RECIPES": "optispace.recipes",
     "Recipe": "optispace.recipes",
     "ROLES": "optispace.roles",
@@ -22,12 +23,13 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "RECIPES", "ROLES", "Chain", "Optimizer", "Recipe", "assign_roles", "parse_chain", "state_bytes_for",
+    "RECIPES", "ROLES", "Chain", "Optimizer", "Recipe", "assign_roles", "parse_chain", "sharded_state_bytes",
+    "state_bytes_for",
 ]
 
 if TYPE_CHECKING:
     from optispace.chain import Chain, parse_chain
-    from optispace.optimizer import Optimizer, state_bytes_for
+    from optispace.optimizer import Optimizer, sharded_state_bytes, state_bytes_for
     from optispace.recipes import RECIPES, Recipe
     from optispace.roles import ROLES, assign_roles
 

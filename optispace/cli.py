@@ -82,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     configure_logging(args.quiet, args.verbose)
+    args.argv = argv  # what a command that relaunches itself (train --nproc) passes on
     try:
         return int(_module(args.command).run(args) or 0)
     except UserError as e:

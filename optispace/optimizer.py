@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -83,6 +84,42 @@ def state_bytes_for(
     # The lr plays no part in the state; 0 stands in for a {role: chain} recipe's missing one.
     chains, _, _ = resolve_recipe(recipe, list(shapes), 0.0, None, hyperparameters)
     return {role: sum(chains[role].state_bytes(tuple(s)) for s in shapes[role]) for role in shapes}
+
+
+@dataclass(frozen=True)
+class ShardedStateBytes:
+    """Optimizer state of a model sharded over ``world`` ranks: bytes per role on each rank, and the
+    sum over the ranks (padding and replicated statistics included, so never below one process's)."""
+
+    world: int
+    per_rank: dict[str, int]
+    total: dict[str, int]
+
+
+def shard_rows(shape: tuple[int, ...], world: int) -> tuple[int, ...]:
+    """The padded local shape of a parameter under FSDP2's ``Shard(0)``: ``ceil(d0 / world)`` rows."""
+    if not shape:
+        return shape  # a 0-d tensor is kept whole on every rank
+    return (-(-shape[0] // world), *shape[1:])
+
+
+def sharded_state_bytes(
+    shapes: Mapping[str, Iterable[tuple[int, ...]]], world: int, recipe: RecipeSpec = "adamw",
+    **hyperparameters: Any,
+) -> ShardedStateBytes:
+    """State bytes per rank and in total when dim 0 of every parameter is sharded over ``world`` ranks
+    (ZeRO/FSDP), computed without allocating.
+
+    A rank keeps the state its chain declares for its padded shard (``shard_rows``): elementwise and
+    row statistics shrink to ``ceil(d0/world)`` rows, statistics over the other dimensions (a
+    factored second moment's column statistic and total) stay whole, replicated. So a V x D table
+    costs Adam ``2 * ceil(V/N) * D`` numbers per rank and Ember ``ceil(V/N) + D + 1``.
+    """
+    if world < 1:
+        raise ValueError(f"world: {world} is not allowed; give a number of ranks >= 1")
+    local = {role: [shard_rows(tuple(s), world) for s in group] for role, group in shapes.items()}
+    per_rank = state_bytes_for(local, recipe, **hyperparameters)
+    return ShardedStateBytes(world, per_rank, {role: world * n for role, n in per_rank.items()})
 
 
 class Optimizer(torch.optim.Optimizer):

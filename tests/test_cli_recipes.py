@@ -38,10 +38,29 @@ def test_a_tied_head_has_no_head_row(capsys) -> None:
     assert "tied to the table" in out and not re.search(r"^  head ", out, re.M)
 
 
+def test_world_prints_bytes_per_rank_and_over_all_ranks(capsys) -> None:
+    assert main(["recipes", "adam", "ember", "--world", "8"]) == 0
+    out = capsys.readouterr().out
+    rows = -(-50304 // 8)  # 6288: the table's padded shard
+    ember_embed = next(line for line in out.split("ember:")[1].splitlines() if line.startswith("  embed "))
+    ember = 4 * (rows + 768 + 1)
+    assert f"{ember:,} B" in ember_embed and f"all 8 ranks {8 * ember:,} B" in ember_embed
+    assert f"{4 * 2 * rows * 768:,} B" in out.split("ember:")[0]
+    assert "State bytes per rank relative to adam" in out
+
+
+def test_world_1_prints_what_the_unsharded_listing_prints(capsys) -> None:
+    assert main(["recipes", "--world", "1"]) == 0
+    sharded = capsys.readouterr().out
+    assert main(["recipes"]) == 0
+    assert capsys.readouterr().out == sharded
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["recipes", "adamx"], "unknown recipe 'adamx'; known: sgd"),
     (["recipes", "--vocab", "0"], "--vocab=0 is not allowed"),
     (["recipes", "--layers", "-1"], "--layers=-1 is not allowed"),
+    (["recipes", "--world", "0"], "--world=0 is not allowed"),
 ])
 def test_mistakes_are_one_line_exit_2(argv, message, capsys) -> None:
     assert main(argv) == 2

@@ -1,8 +1,12 @@
 """``optispace train``: a run end to end, its JSON record, and one-line exit-2 errors for bad input."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -243,3 +247,108 @@ def test_bad_regime_input_exits_2_with_one_line(extra, message, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+# Data-parallel runs: ranks launched by torch's elastic launcher (``--nproc``) or by torchrun itself.
+def _optispace(*argv: str, launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *launcher, "-m", "optispace", *argv], capture_output=True,
+                          text=True, timeout=300, env=os.environ | {"OMP_NUM_THREADS": "1"})
+
+
+TORCHRUN = ("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", [(), TORCHRUN], ids=["nproc", "torchrun"])
+def test_two_ranks_train_as_one_process_and_only_rank_0_writes(tmp_path, launcher, capsys):
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    assert main([*TINY, "--steps", "6", "--out", str(one)]) == 0
+    nproc = () if launcher else ("--nproc", "2")
+    done = _optispace(*TINY, "--steps", "6", *nproc, "--parallel", "ddp", "--out", str(two),
+                      launcher=launcher)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("final val loss") == 1  # rank 0 prints, rank 1 does not
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert b["world_size"] == 2 and a["world_size"] == 1
+    for p, q in zip(a["curve"], b["curve"], strict=True):  # tolerance: tests/test_distributed.py
+        assert q["train_loss"] == pytest.approx(p["train_loss"], rel=1e-5)
+        assert q["val_loss"] == pytest.approx(p["val_loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_a_killed_rank_stops_the_run_with_a_message_and_no_record(tmp_path):
+    out = tmp_path / "run.json"
+    argv = [sys.executable, "-m", "optispace", *TINY, "--steps", "100000", "--nproc", "2", "--out", str(out)]
+    launched = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=os.environ | {"OMP_NUM_THREADS": "1"})
+    try:
+        victim = _wait_for_rank(launched.pid, rank=1)
+        time.sleep(2)  # well into training
+        os.kill(victim, signal.SIGKILL)
+        _, err = launched.communicate(timeout=60)  # the bound: the launcher and gloo notice within seconds
+    finally:
+        launched.kill()
+    assert launched.returncode != 0
+    last = err.rstrip().splitlines()[-1]
+    assert last == "optispace train: error: rank 1 was killed by SIGKILL; the other ranks were stopped"
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launching_command_stops_every_rank_as_an_interrupt(tmp_path):
+    out = tmp_path / "run.json"
+    argv = [sys.executable, "-m", "optispace", *TINY, "--steps", "100000", "--nproc", "2", "--out", str(out)]
+    launched = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=os.environ | {"OMP_NUM_THREADS": "1"})
+    try:
+        ranks = [_wait_for_rank(launched.pid, rank=r) for r in (0, 1)]
+        time.sleep(2)
+        launched.send_signal(signal.SIGTERM)
+        _, err = launched.communicate(timeout=60)
+    finally:
+        launched.kill()
+    assert launched.returncode == 130 and err.rstrip().splitlines()[-1] == "optispace train: interrupted"
+    assert not out.exists() and not any(Path(f"/proc/{pid}").exists() for pid in ranks)
+
+
+def _wait_for_rank(parent: int, rank: int, timeout: float = 120) -> int:
+    """The pid of the process below ``parent`` that torch's launcher gave ``RANK=rank``, once it trains."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                env = (proc / "environ").read_bytes().split(b"\0")
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == parent and f"RANK={rank}".encode() in env:
+                return int(proc.name)
+        time.sleep(0.5)
+    raise AssertionError(f"no rank {rank} under pid {parent} within {timeout} s")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--nproc", "2", "--parallel", "fsdp2"], "--parallel fsdp2 needs the optimizer on sharded (DTensor) "
+     "parameters, a later change"),
+    (["--nproc", "2", "--parallel", "zero"], "--parallel: unknown 'zero'; use ddp"),
+    (["--nproc", "0"], "--nproc: 0 is out of range"),
+    (["--nproc", "3"], "3 processes cannot split tier tiny's batch of 8 sequences evenly"),
+    (["--nproc", "2", "--regime", "sft"], "regime sft trains in one process for now"),
+    (["--nproc", "4", "--device", "cuda"], "--nproc 4: only 2 CUDA GPU(s) visible"),
+])
+def test_bad_parallel_input_exits_2_with_one_line_before_launching(extra, message, capsys, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
+    monkeypatch.setattr("optispace.proxies.distributed.launch", lambda *a: pytest.fail("launched"))
+    assert main([*TINY, "--steps", "2", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_under_a_launcher_nproc_must_match_its_world(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert main([*TINY, "--steps", "2", "--nproc", "4"]) == 2
+    assert "--nproc 4 differs from the launcher's 2 processes" in capsys.readouterr().err

@@ -28,6 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("optispace.search", "optispace.report"),
     ("optispace.api", "optispace.structure"),
     ("optispace.commands", "optispace.cli"),
+    ("optispace.__main__",),  # python -m optispace, torchrun -m optispace
 )
 
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from test_chain import chains
 from torch import nn
 
-from optispace import RECIPES, Chain, Optimizer, assign_roles, state_bytes_for
+from optispace import RECIPES, Chain, Optimizer, assign_roles, sharded_state_bytes, state_bytes_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -120,6 +120,34 @@ def test_state_bytes_are_declared_and_allocated(recipe: str) -> None:
     assert opt.state_bytes() == declared
     loss_step(model, opt, 0)
     assert opt.state_bytes() == declared
+
+
+role_shapes = st.fixed_dictionaries({
+    "embed": st.lists(st.tuples(st.integers(1, 300), st.integers(1, 40)), min_size=1, max_size=2),
+    "head": st.lists(st.tuples(st.integers(1, 300), st.integers(1, 40)), max_size=1),
+    "matrix": st.lists(st.tuples(st.integers(1, 50), st.integers(1, 50)), max_size=3),
+    "vector": st.lists(st.tuples(st.integers(1, 50)), max_size=3),
+})
+
+
+@settings(max_examples=40, deadline=None)
+@given(role_shapes, st.integers(1, 70), st.sampled_from(list(RECIPES)))
+def test_sharded_state_sums_to_at_least_one_process_and_world_1_is_unsharded(shapes, world, recipe) -> None:
+    shapes = {role: group for role, group in shapes.items() if group}
+    whole = state_bytes_for(shapes, recipe)
+    sharded = sharded_state_bytes(shapes, world, recipe)
+    assert sharded.total == {role: world * n for role, n in sharded.per_rank.items()}
+    assert all(sharded.total[role] >= whole[role] >= sharded.per_rank[role] for role in shapes)
+    assert sharded_state_bytes(shapes, 1, recipe).per_rank == whole
+
+
+@pytest.mark.parametrize(("vocab", "world"), [(50304, 8), (50304, 64), (1001, 4), (3, 8)])
+def test_a_sharded_table_costs_adam_2vd_over_n_and_ember_v_over_n_plus_d_per_rank(vocab, world) -> None:
+    shapes, dim, rows = {"embed": [(vocab, 768)]}, 768, -(-vocab // world)  # FSDP2 pads to ceil(V/N) rows
+    assert sharded_state_bytes(shapes, world, "adam").per_rank["embed"] == 4 * 2 * rows * dim
+    assert sharded_state_bytes(shapes, world, "ember").per_rank["embed"] == 4 * (rows + dim + 1)
+    with pytest.raises(ValueError, match="world: 0"):
+        sharded_state_bytes(shapes, 0, "adam")
 
 
 def test_state_is_fp32_for_bf16_parameters_and_the_update_is_computed_in_fp32() -> None:

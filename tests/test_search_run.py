@@ -19,12 +19,14 @@ from pathlib import Path
 
 import optuna
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from optuna.trial import TrialState
 
 from optispace.errors import UserError
 from optispace.proxies.train import RunRecord
 from optispace.search.interrupts import Interrupted, deferred, interrupts_raise
-from optispace.search.run import _surplus, counts, cpu_threads, run_search
+from optispace.search.run import _surplus, counts, cpu_threads, run_search, worker_device
 from optispace.search.spec import parse_search_text
 from optispace.search.storage import open_storage
 from optispace.search.study import open_study, trial_seed
@@ -297,6 +299,33 @@ def test_two_local_workers_finish_exactly_n(tmp_path: Path) -> None:
     assert len(finished(study)) == 10
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
     assert {t.user_attrs["worker"] for t in finished(study)} <= {0, 1}
+
+
+@dataclass(frozen=True)
+class DeviceTrainer(FakeTrainer):
+    """:class:`FakeTrainer` whose run record says it trained on the device it was given."""
+
+    def __call__(self, config: dict, on_eval) -> RunRecord:
+        record = super().__call__(config, on_eval)
+        record.device = config["device"]
+        return record
+
+
+@given(st.integers(0, 63), st.integers(0, 8))
+def test_local_worker_k_takes_gpu_k_mod_g_unless_the_file_pins_a_device(k: int, gpus: int) -> None:
+    for left_open in ("auto", "cuda"):
+        assert worker_device(left_open, k, gpus) == (f"cuda:{k % gpus}" if gpus else left_open)
+    for pinned in ("cpu", "cuda:3"):
+        assert worker_device(pinned, k, gpus) == pinned
+
+
+@pytest.mark.slow
+def test_each_local_worker_records_the_gpu_it_trained_on(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)  # the parent hands the workers their devices
+    url = str(tmp_path / "s.journal")
+    study = run(url, 6, DeviceTrainer(sleep_s=0.2), workers=2)
+    by_worker = {(t.user_attrs["worker"], t.user_attrs["device"]) for t in finished(study)}
+    assert by_worker <= {(0, "cuda:0"), (1, "cuda:1")} and len(by_worker) == 2
 
 
 WORKER = """

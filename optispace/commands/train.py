@@ -4,6 +4,7 @@ optimizer state bytes per role, and optionally write the run record as JSON."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from optispace.errors import UserError
 
+MAX_NPROC = 1024  # ranks on one machine; more is a typo
 # The regime's settings (TrainConfig fields); unset ones come from a study's trial, else from
 # TrainConfig's defaults.
 REGIME_OPTIONS = ("regime", "init", "pairs", "new_rows", "task", "group_size", "clip", "kl",
@@ -34,6 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto, or the study's")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model and the optimizer step (fused=True; worth it on a GPU)")
+    parallel = parser.add_argument_group("data-parallel", "several processes on one machine, started by "
+                                         "torch's elastic launcher (as torchrun does); also `torchrun -m "
+                                         "optispace train ...`. The global batch and the seeds do not change")
+    parallel.add_argument("--nproc", type=int, help="processes (ranks), each on its own GPU with cuda "
+                          "(default 1, or torchrun's WORLD_SIZE)")
+    parallel.add_argument("--parallel", help="ddp (default); fsdp2 is not supported yet")
     parser.add_argument("--data", help="stdlib (default), stdlib:no-tests, zipf[:s=,v=,n=], a text file or "
                         "folder, a .bin shard or a folder of shards")
     regime = parser.add_argument_group("regimes", "fine-tuning (sft) and reinforcement learning (rl) runs")
@@ -66,11 +74,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from optispace.proxies import distributed
+
+    ranks = distributed.from_env()
+    try:
+        return _run(args, ranks)
+    except UserError:
+        if ranks is not None and not ranks.lead:
+            return 2  # rank 0 says it once
+        raise
+
+
+def _run(args: argparse.Namespace, ranks) -> int:
     from optispace.probes import build
-    from optispace.proxies import TIERS, TrainConfig, train
+    from optispace.proxies import TrainConfig, distributed, train
+    from optispace.proxies.train import check_world, resolve_device
     from optispace.structure import recipe_argument
 
     _check_numbers(args)
+    _check_parallel(args, ranks)
     _check_outputs(args)
     recipe = recipe_argument(args.recipe, args.storage, args.data)
     if isinstance(recipe.recipe, dict) and not recipe.role_lr and args.lr is None:
@@ -87,16 +109,58 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--probes: {e}") from None
     cfg = TrainConfig(recipe=recipe.recipe, role_lr=role_lr, **settings)
     if args.steps is not None:
-        cfg = dataclasses.replace(cfg, tokens=args.steps * TIERS[cfg.proxy].tokens_per_step)
+        cfg = dataclasses.replace(cfg, tokens=args.steps * cfg.tier.tokens_per_step)
     if recipe.role_lr:
         print(f"training the chains and lrs of {recipe.source}"
               + (", with its study's settings where the command line gives none" if recipe.settings else ""),
               file=sys.stderr)
-    record = train(cfg, callbacks=[*probes, *trackers(args)], checkpoint=args.checkpoint, resume=args.resume)
+    world = ranks.world if ranks else args.nproc or 1
+    check_world(cfg, world)
+    device = resolve_device(cfg.device)
+    if ranks is None and world > 1:
+        _check_gpus(world, device)
+        try:
+            distributed.launch(world, args.argv)
+        except distributed.RanksFailed as e:
+            if e.exitcode == 2:
+                return 2  # a mistake in the input: rank 0 said so in one line
+            print(f"optispace train: error: {e}", file=sys.stderr)
+            return 1
+        return 0
+    lead = ranks is None or ranks.lead
+    group = distributed.process_group(ranks, device) if world > 1 else contextlib.nullcontext()
+    with group:
+        record = train(cfg, callbacks=[*probes, *trackers(args)] if lead else [], checkpoint=args.checkpoint,
+                       resume=args.resume, progress=lead)
+    if not lead:
+        return 1 if record.diverged else 0
     if args.out is not None:
         args.out.write_text(record.to_json() + "\n")
     print(summary(record))
     return 1 if record.diverged else 0
+
+
+def _check_parallel(args: argparse.Namespace, ranks) -> None:
+    """``--parallel`` and ``--nproc``: ddp only, a positive count, torchrun's when under torchrun."""
+    if args.parallel not in (None, "ddp", "fsdp2"):
+        raise UserError(f"--parallel: unknown {args.parallel!r}; use ddp")
+    if args.parallel == "fsdp2":
+        raise UserError("--parallel fsdp2 needs the optimizer on sharded (DTensor) parameters, a later "
+                        "change; use --parallel ddp")
+    if args.nproc is not None and not 1 <= args.nproc <= MAX_NPROC:
+        raise UserError(f"--nproc: {args.nproc} is out of range; give an integer from 1 to {MAX_NPROC}")
+    if ranks is not None and args.nproc not in (None, ranks.world):
+        raise UserError(f"--nproc {args.nproc} differs from the launcher's {ranks.world} processes; "
+                        "give one or the other")
+
+
+def _check_gpus(nproc: int, device) -> None:
+    """One GPU per rank on CUDA."""
+    import torch
+
+    if device.type == "cuda" and nproc > torch.cuda.device_count():
+        raise UserError(f"--nproc {nproc}: only {torch.cuda.device_count()} CUDA GPU(s) visible, one "
+                        "per process is needed; use fewer processes or --device cpu")
 
 
 def trackers(args: argparse.Namespace) -> list:

@@ -26,6 +26,7 @@ import torch
 
 from optispace.errors import UserError
 from optispace.optimizer import Optimizer
+from optispace.proxies import distributed
 from optispace.proxies.data import TokenData
 from optispace.proxies.model import GPT
 from optispace.proxies.regime import Regime, build_regime, precision
@@ -148,6 +149,7 @@ class RunRecord:
     state_bytes: dict[str, int] = field(default_factory=dict)
     device: str = "cpu"
     probes: dict[str, dict] = field(default_factory=dict)
+    world_size: int = 1
     regime: str = "pretrain"
     objective: str = "val_loss"
     metrics: dict = field(default_factory=dict)
@@ -198,14 +200,20 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, int, float], None] | None = 
           checkpoint: str | Path | None = None, resume: str | Path | None = None) -> RunRecord:
     """Train ``cfg`` and return its record. ``on_eval(step, tokens, val_loss)`` runs after each
     evaluation and may raise (e.g. optuna.TrialPruned) out of ``train``; divergence never raises.
-    ``checkpoint``: a file rewritten at each evaluation; ``resume``: such a file to continue from."""
+    ``checkpoint``: a file rewritten at each evaluation; ``resume``: such a file to continue from.
+
+    In a process group of several ranks (``optispace.proxies.distributed``) the run is data-parallel
+    (DDP) on the same global batch; only rank 0 writes the checkpoint and shows progress, and the
+    callbacks and ``on_eval`` run on the ranks the caller gives them to."""
     tier = cfg.tier
-    device = resolve_device(cfg.device)
+    ranks = distributed.current()
+    check_world(cfg, ranks.world)
+    device = distributed.rank_device(resolve_device(cfg.device), ranks)
     callbacks = list(callbacks)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls
     torch.manual_seed(cfg.seed)
-    regime = build_regime(cfg, tier, device)
+    regime = build_regime(cfg, tier, device)  # on every rank: data caches are safe to build at once
     model = regime.model
     optimizer = make_optimizer(model, cfg)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
@@ -213,13 +221,14 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, int, float], None] | None = 
     config = cfg.as_dict() | {"steps": steps, "batch_size": tier.batch_size, "seq_len": tier.model.seq_len,
                               "tokens_per_step": tier.tokens_per_step, "model": asdict(model.cfg)}
     record = RunRecord(config=config, corpus=regime.data.info, device=str(device), regime=regime.name,
-                       objective=regime.objective)
+                       objective=regime.objective, world_size=ranks.world)
     start, elapsed_before = 0, 0.0
     if resume is not None:
         start, elapsed_before = _load_checkpoint(Path(resume), regime, optimizer, record)
-    run = _Run(cfg, regime, optimizer, base_lrs, device, steps, callbacks, record)
+    run = _Run(cfg, regime, optimizer, base_lrs, device, steps, callbacks, record, ranks)
     _notify_start(callbacks, model, optimizer, regime.data)
-    run.loop(start, elapsed_before, on_eval, progress, None if checkpoint is None else Path(checkpoint))
+    writes = checkpoint is not None and ranks.lead
+    run.loop(start, elapsed_before, on_eval, progress and ranks.lead, Path(checkpoint) if writes else None)
     record.state_bytes = optimizer.state_bytes()
     if not record.diverged:
         record.metrics = run.finish()
@@ -230,17 +239,36 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, int, float], None] | None = 
     return record
 
 
+def check_world(cfg: TrainConfig, world: int) -> None:
+    """A run of several ranks needs a batch they can split evenly, and the pretraining regime (SFT's
+    and RL's losses are means over uneven token counts and sampled groups, not split yet)."""
+    if world == 1:
+        return
+    batch_size = cfg.tier.batch_size
+    if batch_size % world:
+        raise UserError(f"{world} processes cannot split tier {cfg.proxy}'s batch of {batch_size} "
+                        f"sequences evenly; use a number that divides {batch_size}")
+    if cfg.regime != "pretrain":
+        raise UserError(f"regime {cfg.regime} trains in one process for now; use one process")
+
+
 class _Run:
     """The state of one training run between steps."""
 
     def __init__(self, cfg: TrainConfig, regime: Regime, optimizer: Optimizer, base_lrs: list[float],
-                 device: torch.device, steps: int, callbacks: list, record: RunRecord):
+                 device: torch.device, steps: int, callbacks: list, record: RunRecord,
+                 ranks: distributed.Ranks):
         tier = cfg.tier
         self.cfg, self.regime, self.model = cfg, regime, regime.model
         self.optimizer, self.base_lrs, self.device, self.steps = optimizer, base_lrs, device, steps
-        self.callbacks, self.record = callbacks, record
+        self.callbacks, self.record, self.ranks = callbacks, record, ranks
         self.tokens_per_step = tier.tokens_per_step
         self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.train_forward = self.forward
+        if ranks.world > 1:  # evaluation stays on the plain model: every rank runs it alike, no sync
+            ddp = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+            self.train_forward = torch.compile(ddp) if cfg.compile else ddp
         self.bound = DIVERGENCE_FACTOR * math.log(self.model.cfg.vocab_size)
 
     def precision(self) -> contextlib.AbstractContextManager:
@@ -292,20 +320,24 @@ class _Run:
         for cb in self.callbacks:
             if hasattr(cb, "on_eval"):
                 cb.on_eval(point)
-        if not sys.stderr.isatty():
+        if self.ranks.lead and not sys.stderr.isatty():
             log.info("step %d/%d: %s tokens, val loss %.4f, %s tokens/s", point["step"], self.steps,
                      f"{point['tokens']:,}", point["val_loss"], f"{point['tokens_per_s']:,.0f}")
 
     def train_step(self, step: int) -> float:
         """One update; returns the training loss, or marks the record diverged (no update made)."""
         batch = self.regime.batch(step)
+        if self.ranks.world > 1:
+            batch = distributed.local_slice(batch, self.ranks)
         factor = lr_multiplier(self.cfg.schedule, self.cfg.warmup, self.steps, step)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
             group["lr"] = base * factor
         with self.precision():
-            loss = self.regime.loss(self.forward, batch)
+            loss = self.regime.loss(self.train_forward, batch)
         loss.backward()
         value = loss.item()
+        if self.ranks.world > 1:  # the global batch's loss, so every rank decides divergence alike
+            value = distributed.mean_over_ranks(value, self.device)
         if self.check_divergence(value, step):
             return value
         for cb in self.callbacks:

@@ -25,7 +25,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import optuna
 from optuna.storages import BaseStorage
@@ -214,6 +214,22 @@ def _end_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="optispace-parent-watch", daemon=True).start()
 
 
+def worker_device(device: str, k: int, gpus: int) -> str:
+    """The device local worker ``k`` trains on: GPU ``k mod gpus`` when the search file leaves the
+    choice (``auto`` or ``cuda``) and there are GPUs, else the file's (``cpu``, a pinned ``cuda:N``)."""
+    if device in ("auto", "cuda") and gpus > 0:
+        return f"cuda:{k % gpus}"
+    return device
+
+
+def worker_spec(spec: SearchSpec, k: int) -> SearchSpec:
+    """``spec`` with local worker ``k``'s device (:func:`worker_device`); the trial records it."""
+    import torch
+
+    device = worker_device(spec.proxy.device, k, torch.cuda.device_count())
+    return replace(spec, proxy=replace(spec.proxy, device=device))
+
+
 def cpu_threads(spec: SearchSpec, workers: int) -> int | None:
     """CPU threads per worker: the search file's ``threads``, else the cores shared among workers.
 
@@ -270,7 +286,8 @@ def run_search(
     study = open_study(spec, storage, name)
     with _Progress(study, n_trials, enabled=progress) as bar:
         if workers == 1:
-            work(spec, url, name, n_trials, rank_offset, trainer, bar.update, cpu_threads(spec, 1))
+            work(worker_spec(spec, 0), url, name, n_trials, rank_offset, trainer, bar.update,
+                 cpu_threads(spec, 1))
         else:
             _run_processes(spec, url, name, n_trials, range(rank_offset, rank_offset + workers), trainer, bar)
     return Summary(name, counts(study), _best(study))
@@ -283,8 +300,9 @@ def _run_processes(
     context = multiprocessing.get_context("spawn")
     threads = cpu_threads(spec, len(ranks))
     processes = [
-        context.Process(target=_worker_main, args=(spec, url, name, n_trials, rank, trainer, threads))
-        for rank in ranks
+        context.Process(target=_worker_main,
+                        args=(worker_spec(spec, k), url, name, n_trials, rank, trainer, threads))
+        for k, rank in enumerate(ranks)
     ]
     for process in processes:
         process.start()
