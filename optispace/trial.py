@@ -148,6 +148,8 @@ _SCALARS = (
 _ROLE_FIELDS = {"trained_chain": "trained", "chain": "label", "lr": "lr", "state_bytes": "state_bytes"}
 _PROBE = "probe"
 _SCALE = "scale"
+#: The scale axes a search may sweep (``[proxy]`` keys), in the order a trial's ``scale`` lists them.
+SCALE_AXES = ("vocab", "dim", "layers", "heads", "batch_size", "seq_len", "tokens")
 
 
 def attributes(record: TrialRecord) -> dict[str, Any]:

@@ -22,18 +22,18 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from optispace.trial import SCALE_AXES
+
 REFERENCE = "adamw"
 _GROUP = "group"
 
 
 def scale_axes(search: dict[str, Any]) -> list[str]:
     """The axes the search file swept (given as lists in ``[proxy]``), in the search's axis order."""
-    from optispace.search.scale import AXES
-
     proxy = search.get("proxy")
     if not isinstance(proxy, dict):  # not a search file's table (a hand-made study)
         return []
-    return [axis for axis in AXES if isinstance(proxy.get(axis), list)]
+    return [axis for axis in SCALE_AXES if isinstance(proxy.get(axis), list)]
 
 
 def with_groups(trials: pl.DataFrame, structs: pl.DataFrame, search: dict[str, Any]) -> pl.DataFrame:

@@ -34,21 +34,15 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from optispace.search.study import PerTrialSampler
+from optispace.trial import SCALE_AXES
 
 if TYPE_CHECKING:
     from optispace.proxies.tiers import Tier
     from optispace.search.spec import ProxySpec, ScalingSpec, SearchSpec
 
 #: The scale axes of ``[proxy]`` and the ``TrainConfig.shape`` key each sets (``tokens``: the budget).
-AXES: dict[str, str | None] = {
-    "vocab": "vocab_size",
-    "dim": "dim",
-    "layers": "layers",
-    "heads": "heads",
-    "batch_size": "batch_size",
-    "seq_len": "seq_len",
-    "tokens": None,
-}
+AXES: dict[str, str | None] = dict(zip(
+    SCALE_AXES, ("vocab_size", "dim", "layers", "heads", "batch_size", "seq_len", None), strict=True))
 PREFIX = "scale."
 LR_RULES = ("plain", "mup")
 #: The role whose lr muP scales with width: the hidden matrices (tables and vectors keep theirs).
