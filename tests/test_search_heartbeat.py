@@ -62,6 +62,12 @@ def test_a_worker_killed_right_after_ask_does_not_hang_the_next_search(
     kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = str(tmp_path / "s.journal") if kind == "journal" else f"sqlite:///{tmp_path / 's.db'}"
+    assert_a_kill_right_after_ask_is_recovered(url, monkeypatch)
+
+
+def assert_a_kill_right_after_ask_is_recovered(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One trial, a worker killed right after ``ask()``, then a search of 3: it fails the lost trial
+    (1 s grace) and finishes 3 trials within 60 s, leaving none RUNNING."""
     run(url, 1)
     kill_right_after_ask(url)
     (lost,) = load(url).get_trials(states=(TrialState.RUNNING,))

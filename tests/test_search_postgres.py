@@ -23,7 +23,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-from test_search_heartbeat import kill_right_after_ask, within
+from test_search_heartbeat import assert_a_kill_right_after_ask_is_recovered
 from test_search_run import FakeTrainer, finished, load, run, start_worker, wait_for_exit, wait_for_running
 
 import optispace.search.heartbeat as heartbeat_module
@@ -181,14 +181,7 @@ def test_a_trial_whose_heartbeat_stopped_on_another_host_is_failed_and_retried(
 def test_a_worker_killed_right_after_ask_does_not_hang_the_next_search(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run(url, 1)
-    kill_right_after_ask(url)
-    (lost,) = load(url).get_trials(states=(TrialState.RUNNING,))
-    monkeypatch.setattr(heartbeat_module, "GRACE_S", 1)
-    with within(60):
-        study = run(url, 3)
-    assert study.trials[lost.number].state == TrialState.FAIL
-    assert len(finished(study)) == 3 and not study.get_trials(states=(TrialState.RUNNING,))
+    assert_a_kill_right_after_ask_is_recovered(url, monkeypatch)
 
 
 OPEN_AT = """
