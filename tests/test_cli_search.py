@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -231,6 +232,13 @@ def test_smoke_search_runs_the_tiny_proxy_and_resumes(storage: Path) -> None:
         assert set(trial.intermediate_values) == {16, 32, 48, 64}
         assert attrs["state_bytes"] == sum(v for k, v in attrs.items() if k.startswith("state_bytes."))
     assert study.user_attrs["question"].startswith("Does a study run")
+
+
+def test_worker_processes_log_each_evaluation_off_a_terminal(storage: Path) -> None:
+    done = search(str(SMOKE), "--storage", str(storage), "--n-trials", "2", "--workers", "2")
+    _, err = done.communicate(timeout=300)
+    assert done.returncode == 0, err
+    assert re.search(r"worker [01] optispace\.train: step 64/64: ", err), err
 
 
 def interrupt_when_running(worker: subprocess.Popen, storage: Path, running: int) -> str:

@@ -17,6 +17,7 @@ A crash (an exception from training) is FAIL with ``failure = "crashed: ..."`` a
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import signal
@@ -182,14 +183,17 @@ def work(
 
 
 def _worker_main(
-    spec: SearchSpec, url: str, name: str, n_trials: int, rank: int, trainer: Trainer, threads: int | None
+    spec: SearchSpec, url: str, name: str, n_trials: int, rank: int, trainer: Trainer, threads: int | None,
+    log_level: int = logging.WARNING,
 ) -> None:
     """Entry point of a worker process: errors become one line on stderr and exit code 2.
 
     The worker ends with its parent (:func:`_end_with_parent`), so a killed ``optispace search``
-    leaves no worker running unseen beside the one a rerun starts.
+    leaves no worker running unseen beside the one a rerun starts. It logs optispace's lines at the
+    parent's level (a spawned process starts with no logging set up), each naming its worker.
     """
     _end_with_parent(os.getppid())
+    _log_as_worker(rank, log_level)
     try:
         work(spec, url, name, n_trials, rank, trainer, threads=threads)
     except UserError as e:
@@ -197,6 +201,12 @@ def _worker_main(
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def _log_as_worker(rank: int, level: int) -> None:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format=f"%(asctime)s worker {rank} %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("optispace").setLevel(level)
 
 
 def _end_with_parent(parent: int) -> None:
@@ -301,7 +311,8 @@ def _run_processes(
     threads = cpu_threads(spec, len(ranks))
     processes = [
         context.Process(target=_worker_main,
-                        args=(worker_spec(spec, k), url, name, n_trials, rank, trainer, threads))
+                        args=(worker_spec(spec, k), url, name, n_trials, rank, trainer, threads,
+                              logging.getLogger("optispace").getEffectiveLevel()))
         for k, rank in enumerate(ranks)
     ]
     for process in processes:
