@@ -275,12 +275,17 @@ def test_two_ranks_train_as_one_process_and_only_rank_0_writes(tmp_path, launche
         assert q["val_loss"] == pytest.approx(p["val_loss"], rel=1e-5)
 
 
+def _launch_two_ranks_for_long(out) -> subprocess.Popen:
+    """`optispace train --nproc 2` of far more steps than a test waits for, its record to ``out``."""
+    argv = [sys.executable, "-m", "optispace", *TINY, "--steps", "100000", "--nproc", "2", "--out", str(out)]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=os.environ | {"OMP_NUM_THREADS": "1"})
+
+
 @pytest.mark.slow
 def test_a_killed_rank_stops_the_run_with_a_message_and_no_record(tmp_path):
     out = tmp_path / "run.json"
-    argv = [sys.executable, "-m", "optispace", *TINY, "--steps", "100000", "--nproc", "2", "--out", str(out)]
-    launched = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=os.environ | {"OMP_NUM_THREADS": "1"})
+    launched = _launch_two_ranks_for_long(out)
     try:
         victim = _wait_for_rank(launched.pid, rank=1)
         time.sleep(2)  # well into training
@@ -297,9 +302,7 @@ def test_a_killed_rank_stops_the_run_with_a_message_and_no_record(tmp_path):
 @pytest.mark.slow
 def test_sigterm_to_the_launching_command_stops_every_rank_as_an_interrupt(tmp_path):
     out = tmp_path / "run.json"
-    argv = [sys.executable, "-m", "optispace", *TINY, "--steps", "100000", "--nproc", "2", "--out", str(out)]
-    launched = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=os.environ | {"OMP_NUM_THREADS": "1"})
+    launched = _launch_two_ranks_for_long(out)
     try:
         ranks = [_wait_for_rank(launched.pid, rank=r) for r in (0, 1)]
         time.sleep(2)

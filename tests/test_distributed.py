@@ -1,4 +1,4 @@
-"""Data-parallel proxies (optispace/proxies/distributed.py): 2 gloo ranks spawned by
+"""Data-parallel proxies (optispace/proxies/distributed.py): 2 and 4 gloo ranks spawned by
 ``torch.multiprocessing`` train the same global batch as one process and resume bit for bit.
 
 Tolerance: with N ranks, DDP averages N per-rank mean gradients where one process takes the mean
@@ -95,6 +95,14 @@ def test_two_ranks_give_the_losses_of_one_process_on_the_same_global_batch(two_r
     assert_close(records[0]["curve"], one.curve)
     assert records[0]["config"]["tokens_per_step"] == one.config["tokens_per_step"]  # global, not per rank
     assert records[0]["state_bytes"] == one.state_bytes
+
+
+@pytest.mark.slow
+def test_four_ranks_give_the_losses_of_one_process_on_the_same_global_batch(tmp_path):
+    records = _spawn(tmp_path, "full", world=4)
+    assert [r["world_size"] for r in records] == [4] * 4
+    assert all(losses(r["curve"]) == losses(records[0]["curve"]) for r in records[1:])
+    assert_close(records[0]["curve"], train(tiny(), progress=False).curve)
 
 
 @pytest.mark.slow
