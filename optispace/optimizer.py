@@ -31,7 +31,7 @@ from primitives import Context, Workspace
 
 RecipeSpec = str | Recipe | Mapping[str, str | Chain]
 _SMALL_CPU_TENSOR = 1 << 18  # elements (1 MiB of fp32): below it, kernel count beats memory reuse
-_DERIVED_KEPT = 64  # chain texts derived from hyperparameters, kept for reuse
+_TEXTS_KEPT = 64  # chain texts (derived, and parsed) kept for reuse; a scheduler may make one a step
 log = logging.getLogger("optispace.optimizer")
 
 
@@ -195,13 +195,13 @@ class Optimizer(torch.optim.Optimizer):
             hp = {key: group[key] for key in self._recipe.defaults if key in group}
             key = (group["role"], repr(sorted(hp.items())))
             if key not in self._derived:
-                if len(self._derived) >= _DERIVED_KEPT:  # a scheduler may set new values every step
+                if len(self._derived) >= _TEXTS_KEPT:
                     self._derived.clear()
                 self._derived[key] = str(self._recipe.chains(**hp)[group["role"]])
             if self._derived[key] != group["chain"]:
                 log.debug("%s chain now (hyperparameters changed): %s", group["role"], self._derived[key])
                 group["chain"] = self._derived[key]
-                self._allocate_missing(group, parse_chain(group["chain"]))
+                self._allocate_missing(group, self._chain(group["chain"]))
 
     def _allocate_missing(self, group: dict[str, Any], chain: Chain) -> None:
         """Allocate the state ``chain`` declares that the group's parameters do not have yet."""
@@ -292,6 +292,8 @@ class Optimizer(torch.optim.Optimizer):
         """
         chain = self._chains.get(text)
         if chain is None:
+            if len(self._chains) >= _TEXTS_KEPT:
+                self._chains.clear()
             chain = self._chains[text] = parse_chain(text)
         return chain
 
