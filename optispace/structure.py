@@ -72,7 +72,7 @@ def _from_trial(ref: str, storage_url: str | None, data: str | None) -> RecipeAr
     import optuna
 
     from optispace.search.space import Configuration, Draw
-    from optispace.search.storage import default_url, open_storage
+    from optispace.search.storage import default_url, open_existing_storage
     from optispace.trial import read
 
     name, sep, number = ref.partition("#")
@@ -81,7 +81,7 @@ def _from_trial(ref: str, storage_url: str | None, data: str | None) -> RecipeAr
     url = storage_url or default_url()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.load_study(study_name=name, storage=open_storage(url))
+        study = optuna.load_study(study_name=name, storage=open_existing_storage(url))
     except KeyError:
         raise UserError(f"--recipe: no study {name!r} in {url}; pass --storage where it lives") from None
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}

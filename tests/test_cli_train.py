@@ -139,6 +139,14 @@ def test_bad_structures_and_trials_exit_2_with_one_line(recipe, message, tmp_pat
     assert err.count("\n") == 1 and message in err
 
 
+def test_a_trial_of_a_storage_that_does_not_exist_is_one_line_and_creates_none(tmp_path, capsys):
+    storage = tmp_path / "studies.journal"
+    assert main([*TINY[:2], "study:s#0", *TINY[3:], "--storage", str(storage), "--steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"no study storage at {storage}" in err
+    assert not storage.exists()
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])

@@ -31,14 +31,14 @@ def run(args: argparse.Namespace) -> int:
 
     from optispace.errors import UserError
     from optispace.report import build_report, write_report
-    from optispace.search.storage import default_url
+    from optispace.search.storage import default_url, open_existing_storage
 
     if args.tolerance is not None and not (math.isfinite(args.tolerance) and args.tolerance > 0):
         raise UserError(f"--tolerance must be a positive number of val loss, not {args.tolerance}")
     if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
         raise UserError(f"--out: {args.out} is a file; the report is a folder, give a folder path")
     url = args.storage or default_url()
-    storage = _open_existing(url)
+    storage = open_existing_storage(url)
     name = _study_name(storage, args.study, url)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=name, storage=storage)
@@ -56,19 +56,6 @@ def run(args: argparse.Namespace) -> int:
         f"{len(paths) - 1} more files in {out}"
     )
     return 0
-
-
-def _open_existing(url: str):
-    """The storage at ``url``, without creating one where none exists (UserError instead)."""
-    from optispace.errors import UserError
-    from optispace.search.storage import is_rdb_url, open_storage
-
-    if not is_rdb_url(url) and not Path(url).is_file():
-        raise UserError(f"no study storage at {url}; run `optispace search` first, or pass --storage")
-    sqlite_path = url.removeprefix("sqlite:///").split("?")[0]
-    if url.startswith("sqlite:///") and not Path(sqlite_path).is_file():
-        raise UserError(f"no SQLite database at {sqlite_path}; check --storage")
-    return open_storage(url)
 
 
 def _study_name(storage, name: str | None, url: str) -> str:

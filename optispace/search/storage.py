@@ -183,6 +183,16 @@ def open_storage(url: str) -> Journal | Database:
         ) from None
 
 
+def open_existing_storage(url: str) -> Journal | Database:
+    """The storage at ``url`` for reading, without creating one where none exists (``UserError``)."""
+    if not is_rdb_url(url) and not Path(url).is_file():
+        raise UserError(f"no study storage at {url}; run `optispace search` first, or pass --storage")
+    sqlite_path = url.removeprefix("sqlite:///").split("?")[0]
+    if url.startswith("sqlite:///") and not Path(sqlite_path).is_file():
+        raise UserError(f"no SQLite database at {sqlite_path}; check --storage")
+    return open_storage(url)
+
+
 def _create_database(url: str) -> Database:
     """Optuna's RDB storage, creating its tables if needed, safe when several processes start at once.
 
