@@ -47,6 +47,7 @@ SOURCES = ("grad", "update")
 _DEFAULT_BETA2 = 0.999
 _TINY = torch.finfo(torch.float32).tiny
 _BLOCK_ELEMENTS = 1 << 18
+_DEVICE_BLOCK_ELEMENTS = 1 << 24
 #: Set by ``optispace.native``: :func:`square_sums` in one pass, or ``None`` where it cannot run;
 #: unset, the torch operations below run.
 native_square_sums: Callable[[torch.Tensor, bool], tuple | None] | None = None
@@ -305,7 +306,7 @@ class SecondMoment(Primitive):
                      ctx: Context) -> None:
         """The factored update of rows ``some`` only: the same operations, on those rows gathered."""
         param = ctx.param.view(u2.shape)
-        step = max(1, _BLOCK_ELEMENTS // u2.shape[1])
+        step = _block_rows(u2.shape[1], u2.device)
         for lo in range(0, some.numel(), step):
             index = some[lo: lo + step]
             shape = (index.numel(), u2.shape[1])
@@ -321,14 +322,21 @@ def _part(t: torch.Tensor, block: slice | None) -> torch.Tensor:
     return t if block is None else t[block]
 
 
+def _block_rows(cols: int, device: torch.device) -> int:
+    """Rows of ``cols`` entries in a block (at least one)."""
+    return max(1, (_BLOCK_ELEMENTS if device.type == "cpu" else _DEVICE_BLOCK_ELEMENTS) // cols)
+
+
 def row_blocks(rows: int, cols: int, device: torch.device) -> list[slice | None]:
     """Slices of rows small enough to stay in a CPU cache (about 1 MiB); ``[None]``: all at once.
 
-    Several blocks only happen for CPU tensors of more than one row, which have 2 or more
-    dimensions, so a block of rows of the (rows, columns) view is a slice of the first dimension.
+    On a GPU a block is 64 MiB (``_DEVICE_BLOCK_ELEMENTS``): many waves of threads, so each kernel
+    still runs at full bandwidth, while the scratch stays bounded (no table-sized squares).
+    Several blocks only happen for tensors of more than one row, which have 2 or more dimensions,
+    so a block of rows of the (rows, columns) view is a slice of the first dimension.
     """
-    step = max(1, _BLOCK_ELEMENTS // cols)
-    if device.type != "cpu" or rows <= step:
+    step = _block_rows(cols, device)
+    if rows <= step:
         return [None]
     return [slice(lo, min(lo + step, rows)) for lo in range(0, rows, step)]
 
