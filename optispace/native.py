@@ -19,8 +19,10 @@ GIL), each with its own column sums, added in a fixed order: the same bits for a
 from __future__ import annotations
 
 import ctypes
+import getpass
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -144,18 +146,28 @@ def _build() -> ctypes.CDLL | None:
     compiler = next((c for c in (os.environ.get("CC"), "cc", "gcc", "clang") if c and shutil.which(c)), None)
     if compiler is None:
         return None
+    folder = Path(tempfile.gettempdir()) / f"optispace-native-{getpass.getuser()}"
     # -march=native where the compiler takes it: the cache is keyed by the machine's name too.
     for flags in ((*_FLAGS, "-march=native"), _FLAGS):
-        key = hashlib.sha256(f"{_SOURCE}{compiler}{flags}{os.uname().nodename}{sys.platform}".encode())
-        path = Path(tempfile.gettempdir()) / f"optispace-native-{os.getuid()}" / f"{key.hexdigest()[:16]}.so"
-        if not path.exists() and not _compile(compiler, flags, path):
-            continue
-        lib = ctypes.CDLL(str(path))
-        lib.square_sums.restype = None
-        lib.square_sums.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
-                                    ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-        return lib
+        key = hashlib.sha256(f"{_SOURCE}{compiler}{flags}{platform.node()}{sys.platform}".encode())
+        path = folder / f"{key.hexdigest()[:16]}.so"
+        lib = _load(path) if path.exists() else None
+        if lib is None and _compile(compiler, flags, path):  # none yet, or a damaged file
+            lib = _load(path)
+        if lib is not None:
+            return lib
     return None
+
+
+def _load(path: Path) -> ctypes.CDLL | None:
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError:
+        return None
+    lib.square_sums.restype = None
+    lib.square_sums.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    return lib
 
 
 def _compile(compiler: str, flags: tuple[str, ...], path: Path) -> bool:

@@ -104,3 +104,14 @@ def test_on_a_gpu_the_squares_are_made_in_bounded_blocks() -> None:
     blocks = second_moment.row_blocks(50304, 768, torch.device("cuda"))
     assert len(blocks) == 3 and all((b.stop - b.start) * 768 <= 1 << 24 for b in blocks)
     assert second_moment.row_blocks(100, 768, torch.device("cuda")) == [None]
+
+
+def test_a_damaged_cached_library_is_built_again(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(native, "_LIB", None)
+    assert native._library() is not None
+    (built,) = tmp_path.glob("optispace-native-*/*.so")
+    built.write_bytes(b"not a library")
+    monkeypatch.setattr(native, "_LIB", None)
+    assert native._library() is not None
+    assert built.read_bytes() != b"not a library"
