@@ -106,12 +106,19 @@ def test_on_a_gpu_the_squares_are_made_in_bounded_blocks() -> None:
     assert second_moment.row_blocks(100, 768, torch.device("cuda")) == [None]
 
 
+def built_in(folder, monkeypatch: pytest.MonkeyPatch):
+    """The kernel's library as a fresh process would build or load it, with ``folder`` as the temp folder."""
+    monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(folder))
+    monkeypatch.setattr(native, "_LIB", None)
+    return native._library()
+
+
 def test_a_damaged_cached_library_is_built_again(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(tmp_path))
-    monkeypatch.setattr(native, "_LIB", None)
-    assert native._library() is not None
-    (built,) = tmp_path.glob("optispace-native-*/*.so")
-    built.write_bytes(b"not a library")
-    monkeypatch.setattr(native, "_LIB", None)
-    assert native._library() is not None
-    assert built.read_bytes() != b"not a library"
+    assert built_in(tmp_path / "first", monkeypatch) is not None
+    (good,) = (tmp_path / "first").glob("*/*.so")
+    # a new folder: a library this process has loaded is never overwritten (it is mapped)
+    damaged = tmp_path / "second" / good.relative_to(tmp_path / "first")
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b"not a library")
+    assert built_in(tmp_path / "second", monkeypatch) is not None
+    assert damaged.read_bytes() == good.read_bytes()
