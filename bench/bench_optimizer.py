@@ -38,7 +38,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from optispace import Optimizer
+from optispace import Optimizer, native
 
 VOCAB, DIM, LAYERS, CONTEXT = 50257, 768, 12, 1024
 TABLE = (50304, 768)
@@ -177,6 +177,9 @@ def bench_table(device: torch.device, repeats: int) -> None:
     for recipe, count in moved.items():
         print(f"  bytes read + written by tensor ops per eager step, {recipe}: {count:,} "
               f"({count / table_bytes:.2f} x the table's {table_bytes:,} bytes)")
+    if device.type == "cpu" and native._library() is not None:
+        print("  (ember's row and column sums are optispace.native's kernel, not a tensor op: "
+              "one more read of the gradient, 1.00 x)")
     state = {r: sum(o.state_bytes().values()) for r, o in optimizers.items()}
     print(f"3. State bytes on the table: adam {state['adam']:,}, ember {state['ember']:,}; "
           f"ember / adam = 1/{state['adam'] / state['ember']:.1f} "
