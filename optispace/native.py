@@ -4,8 +4,8 @@
 one pass: each row is squared once, its sum kept in 16 running lanes and its squares added to
 column partial sums that stay in L1 (a block of 256 rows at a time, then added to ``col``). It
 replaces the block-wise torch operations of :func:`primitives.second_moment.square_sums` (a
-multiply, two reductions and an add per block, each a pass over the block: about 2.5x the time of
-one read of the gradient on one core; this kernel is within about 1.25x of it). The sums are the
+multiply, two reductions and an add per block, each a pass over the block: about 3x the time of
+one read of the gradient on one core; this kernel takes about 1.2x). The sums are the
 same numbers in another order (each square rounded once, no fused multiply-add), so they agree
 with the torch operations to float32 summation error, not bit for bit; the eager and the fused
 step both use this kernel, and so stay identical to each other.
