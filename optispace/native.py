@@ -77,6 +77,8 @@ void square_sums(const float *restrict x, int64_t lo, int64_t hi, int64_t cols, 
 _FLAGS = ("-O3", "-ffp-contract=off", "-shared", "-fPIC")
 _LIB: ctypes.CDLL | None = None
 _POOLS: dict[int, ThreadPoolExecutor] = {}
+if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads: new pools
+    os.register_at_fork(after_in_child=_POOLS.clear)
 
 
 def install() -> None:

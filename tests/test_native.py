@@ -122,3 +122,22 @@ def test_a_damaged_cached_library_is_built_again(monkeypatch: pytest.MonkeyPatch
     damaged.write_bytes(b"not a library")
     assert built_in(tmp_path / "second", monkeypatch) is not None
     assert damaged.read_bytes() == good.read_bytes()
+
+
+def test_a_forked_child_sums_with_threads_of_its_own() -> None:
+    import multiprocessing
+
+    torch.set_num_threads(2)
+    try:
+        x = randn((1000, 30), 0)
+        want = native.square_sums(x, False)  # the parent's pool of 2 threads exists now
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            got = pool.apply_async(_sums_with_two_threads, (x,)).get(timeout=120)
+    finally:
+        torch.set_num_threads(1)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def _sums_with_two_threads(x: torch.Tensor) -> native.Sums:
+    torch.set_num_threads(2)
+    return native.square_sums(x, False)
