@@ -23,6 +23,7 @@ schedule ``beta2_1 = 0``, so the estimate is unbiased from the first step and ``
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +47,10 @@ SOURCES = ("grad", "update")
 _DEFAULT_BETA2 = 0.999
 _TINY = torch.finfo(torch.float32).tiny
 _BLOCK_ELEMENTS = 1 << 18
+_DEVICE_BLOCK_ELEMENTS = 1 << 24
+#: Set by ``optispace.native``: :func:`square_sums` in one pass, or ``None`` where it cannot run;
+#: unset, the torch operations below run.
+native_square_sums: Callable[[torch.Tensor, bool], tuple | None] | None = None
 
 
 @register
@@ -301,7 +306,7 @@ class SecondMoment(Primitive):
                      ctx: Context) -> None:
         """The factored update of rows ``some`` only: the same operations, on those rows gathered."""
         param = ctx.param.view(u2.shape)
-        step = max(1, _BLOCK_ELEMENTS // u2.shape[1])
+        step = _block_rows(u2.shape[1], u2.device)
         for lo in range(0, some.numel(), step):
             index = some[lo: lo + step]
             shape = (index.numel(), u2.shape[1])
@@ -317,14 +322,21 @@ def _part(t: torch.Tensor, block: slice | None) -> torch.Tensor:
     return t if block is None else t[block]
 
 
+def _block_rows(cols: int, device: torch.device) -> int:
+    """Rows of ``cols`` entries in a block (at least one)."""
+    return max(1, (_BLOCK_ELEMENTS if device.type == "cpu" else _DEVICE_BLOCK_ELEMENTS) // cols)
+
+
 def row_blocks(rows: int, cols: int, device: torch.device) -> list[slice | None]:
     """Slices of rows small enough to stay in a CPU cache (about 1 MiB); ``[None]``: all at once.
 
-    Several blocks only happen for CPU tensors of more than one row, which have 2 or more
-    dimensions, so a block of rows of the (rows, columns) view is a slice of the first dimension.
+    On a GPU a block is 64 MiB (``_DEVICE_BLOCK_ELEMENTS``): many waves of threads, so each kernel
+    still runs at full bandwidth, while the scratch stays bounded (no table-sized squares).
+    Several blocks only happen for tensors of more than one row, which have 2 or more dimensions,
+    so a block of rows of the (rows, columns) view is a slice of the first dimension.
     """
-    step = max(1, _BLOCK_ELEMENTS // cols)
-    if device.type != "cpu" or rows <= step:
+    step = _block_rows(cols, device)
+    if rows <= step:
         return [None]
     return [slice(lo, min(lo + step, rows)) for lo in range(0, rows, step)]
 
@@ -336,19 +348,25 @@ def square_sums(x2: torch.Tensor, ctx: Context | None,
     With ``touched``, also which rows have an entry other than 0 (NaN included): a row with a
     positive sum has one; a row whose sum is 0 may still have entries whose squares underflowed,
     so its largest and smallest entries decide, read while its block is in cache.
+    :data:`native_square_sums` (``optispace.native``: one read of ``x2``) does this where it can.
     """
+    done = None if native_square_sums is None else native_square_sums(x2, touched)
+    if done is not None:
+        return done
     rows, cols = x2.shape
     row_sq = torch.empty(rows, device=x2.device)
     col_sq = torch.zeros(cols, device=x2.device)
+    col_part = torch.empty(cols, device=x2.device)
     seen = torch.ones(rows, dtype=torch.bool, device=x2.device) if touched else None
     blocks = row_blocks(rows, cols, x2.device)
     shape = _part(x2, blocks[0]).shape
     scratch = torch.empty(shape, device=x2.device) if ctx is None else ctx.buffer(shape, x2.device)
     for block in blocks:
         part = _part(x2, block)
-        sq = torch.square(part, out=scratch[: part.shape[0]])
+        # x * x, not square(): the same bits, and square() runs as pow(), several times slower on CPU
+        sq = torch.mul(part, part, out=scratch[: part.shape[0]])
         torch.sum(sq, dim=1, out=_part(row_sq, block))
-        col_sq.add_(sq.sum(dim=0))
+        col_sq.add_(torch.sum(sq, dim=0, out=col_part))
         if seen is not None and bool((_part(row_sq, block) == 0).any()):
             _part(seen, block).copy_(torch.amax(part, dim=1).ne(0) | torch.amin(part, dim=1).ne(0))
     return row_sq, col_sq, seen
