@@ -19,6 +19,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("primitives",),
     ("optispace.errors", "optispace.roles", "optispace.bundled"),
     ("optispace.chain",),
+    ("optispace.native",),
     ("optispace.fused",),
     ("optispace.recipes",),
     ("optispace.optimizer",),
