@@ -21,12 +21,12 @@ from typing import Any
 
 import torch
 
-from optispace import native
 from optispace.chain import Chain
+from optispace.native import install as install_native
 from primitives import PureContext
 
 # The factored second moment's one-read first pass, for the eager step (which imports this module) too.
-native.install()
+install_native()
 
 #: The ``torch.compile`` backend; ``None`` runs the pure update uncompiled (tests check its math
 #: that way, and count compilations with a counting backend here).
