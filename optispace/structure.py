@@ -35,10 +35,8 @@ class RecipeArgument:
     role_lr: dict[str, float] = field(default_factory=dict)
     source: str = ""
     #: ``TrainConfig`` keyword arguments the study trained its trials with (seed and probes excepted),
-    #: or the lr a recipe's call gives.
+    #: or the hyperparameters (and lr) of a recipe written ``ember(bias_correction=row)``.
     settings: dict[str, Any] = field(default_factory=dict)
-    #: A named recipe's hyperparameters, as ``ember(bias_correction=row)`` gives them.
-    hyperparameters: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_structure(text: str) -> dict[str, str]:
@@ -82,9 +80,9 @@ def _variant(text: str) -> RecipeArgument:
         variant = parse_variant(text)
     except ValueError as e:
         raise UserError(f"--recipe: {e}") from None
-    settings = {} if variant.lr is None else {"lr": variant.lr}
-    return RecipeArgument(variant.recipe.name, source=f"recipe {text.strip()}", settings=settings,
-                          hyperparameters=variant.hyperparameters)
+    lr = {} if variant.lr is None else {"lr": variant.lr}
+    return RecipeArgument(variant.recipe.name, source=f"recipe {text.strip()}",
+                          settings={"hyperparameters": variant.hyperparameters, **lr})
 
 
 def _from_trial(ref: str, storage_url: str | None, data: str | None) -> RecipeArgument:

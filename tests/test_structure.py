@@ -26,8 +26,8 @@ def test_a_name_is_a_recipe_and_a_repeated_role_is_refused() -> None:
 
 def test_a_recipe_call_gives_its_hyperparameters_and_lr() -> None:
     argument = recipe_argument("ember(lr=3e-3, bias_correction=row)")
-    assert (argument.recipe, argument.hyperparameters, argument.settings) == (
-        "ember", {"bias_correction": "row"}, {"lr": 3e-3})
+    assert (argument.recipe, argument.settings) == ("ember", {"hyperparameters": {"bias_correction": "row"},
+                                                              "lr": 3e-3})
     with pytest.raises(UserError, match="--recipe: recipe 'ember': unknown hyperparameter"):
         recipe_argument("ember(beta1=0.9)")
 

@@ -109,8 +109,7 @@ def _run(args: argparse.Namespace, ranks) -> int:
         probes = build([name for name in args.probes.split(",") if name])
     except ValueError as e:
         raise UserError(f"--probes: {e}") from None
-    cfg = TrainConfig(recipe=recipe.recipe, role_lr=role_lr, hyperparameters=recipe.hyperparameters,
-                      **settings)
+    cfg = TrainConfig(recipe=recipe.recipe, role_lr=role_lr, **settings)
     if args.steps is not None:
         cfg = dataclasses.replace(cfg, tokens=args.steps * cfg.tier.tokens_per_step)
     if recipe.role_lr:
