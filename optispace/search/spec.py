@@ -30,11 +30,14 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from optispace.errors import UserError
 from optispace.search.families import FAMILIES, ROLE_SHAPES, incompatible_choice, uses
 from optispace.search.locate import key_lines, line_of
+
+if TYPE_CHECKING:
+    from optispace.recipes import Recipe
 
 ROLES = ("embed", "head", "matrix", "vector")
 #: Bounds that keep a typo from running for ever or exhausting memory (a study name must also fit
@@ -657,7 +660,7 @@ def _recipes(table: _Table) -> dict[str, RecipeChoice]:
     return recipes
 
 
-def _hyperparameter(recipe: Any, key: str) -> Callable[[Any], str | None]:
+def _hyperparameter(recipe: Recipe, key: str) -> Callable[[Any], str | None]:
     """A value of ``recipe``'s hyperparameter ``key`` that its chains build with."""
 
     def check(value: Any) -> str | None:
