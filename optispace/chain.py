@@ -189,8 +189,8 @@ def _format_primitive(p: Primitive) -> str:
 class _Parser:
     """A recursive-descent parser over the tokens of one chain text; errors name the column."""
 
-    def __init__(self, text: str) -> None:
-        self.text = text
+    def __init__(self, text: str, what: str = "chain") -> None:
+        self.text, self.what = text, what
         self.tokens: list[tuple[str, Any, int]] = []  # (kind, value, 1-based column)
         pos = 0
         while (m := _TOKEN.match(text, pos)) is not None:
@@ -204,15 +204,17 @@ class _Parser:
         self.i = 0
 
     def fail(self, col: int, message: str) -> NoReturn:
-        raise ValueError(f"chain {self.text!r}, column {col}: {message}")
+        raise ValueError(f"{self.what} {self.text!r}, column {col}: {message}")
 
     def peek(self) -> tuple[str, Any, int]:
         return self.tokens[self.i] if self.i < len(self.tokens) else ("end", None, len(self.text) + 1)
 
-    def take(self, kind: str, value: str | None = None) -> tuple[str, Any, int]:
+    def take(
+        self, kind: str, value: str | None = None, want: str = "a primitive name"
+    ) -> tuple[str, Any, int]:
         tok = self.peek()
         if tok[0] != kind or (value is not None and tok[1] != value):
-            want = repr(value) if value else {"end": "the end of the text", "name": "a primitive name"}[kind]
+            want = repr(value) if value else {"end": "the end of the text", "name": want}[kind]
             got = "the end of the text" if tok[0] == "end" else repr(tok[1])
             self.fail(tok[2], f"expected {want}, found {got}")
         self.i += 1
@@ -272,6 +274,24 @@ class _Parser:
         self.take("punct", ")")
         return kwargs
 
+    def call(self) -> tuple[str, dict[str, Any]]:
+        """``name`` or ``name(key=value, ...)``: keyword arguments only, values as in a chain."""
+        _, name, _ = self.take("name", want="a name")
+        kwargs: dict[str, Any] = {}
+        if self.peek()[:2] == ("punct", "("):
+            self.i += 1
+            while self.peek()[:2] != ("punct", ")"):
+                _, key, col = self.take("name", want="key=value")
+                self.take("punct", "=")
+                if key in kwargs:
+                    self.fail(col, f"argument {key!r} given twice")
+                kwargs[key] = self.value()
+                if self.peek()[:2] != ("punct", ")"):
+                    self.take("punct", ",")
+            self.take("punct", ")")
+        self.take("end")
+        return name, kwargs
+
     def value(self) -> Any:
         kind, text, col = self.peek()
         if kind == "number":
@@ -290,6 +310,12 @@ class _Parser:
             self.take("punct", ")")
             return tuple(items)
         self.fail(col, f"expected a value, found {'the end of the text' if kind == 'end' else repr(text)}")
+
+
+def parse_call(text: str, what: str) -> tuple[str, dict[str, Any]]:
+    """``name(key=value, ...)`` (or ``name``) -> ``(name, {key: value})``, values written as in chain
+    text; ``ValueError`` names ``what`` and the column on a mistake."""
+    return _Parser(text, what).call()
 
 
 @functools.lru_cache(maxsize=1024)

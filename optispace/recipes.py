@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
-from optispace.chain import Chain, parse_chain
+from optispace.chain import Chain, parse_call, parse_chain
 from optispace.roles import ROLES
+from primitives.second_moment import BIAS_CORRECTIONS
 
 Hyperparameters = Mapping[str, Any]
 
@@ -45,7 +46,10 @@ class Recipe:
     def chains(self, **hyperparameters: Any) -> dict[str, Chain]:
         """One chain per role, for these hyperparameters (defaults for the rest)."""
         texts = self.build(self.resolve(hyperparameters))
-        return {role: parse_chain(texts[role]) for role in ROLES}
+        try:
+            return {role: parse_chain(texts[role]) for role in ROLES}
+        except ValueError as e:  # a value the recipe passes on that its primitive refuses
+            raise ValueError(f"recipe {self.name!r}: {e}") from None
 
 
 def _check_like(recipe: str, key: str, value: Any, default: Any) -> Any:
@@ -57,7 +61,14 @@ def _check_like(recipe: str, key: str, value: Any, default: Any) -> Any:
         return tuple(value)
     if isinstance(default, float) and (isinstance(value, bool) or not isinstance(value, int | float)):
         raise ValueError(f"recipe {recipe!r}: {key}={value!r} is not allowed; {key} must be a number")
+    if key in _CHOICES and value not in _CHOICES[key]:
+        raise ValueError(f"recipe {recipe!r}: {key}={value!r} is not allowed; {key} must be one of "
+                         f"{', '.join(_CHOICES[key])}")
     return value
+
+
+#: Hyperparameters that take one of a few words: the primitive's own choices.
+_CHOICES = {"bias_correction": BIAS_CORRECTIONS}
 
 
 def _chain(*parts: str | None) -> str:
@@ -144,7 +155,11 @@ def _muon(hp: Hyperparameters) -> dict[str, str]:
 
 
 def _ember(hp: Hyperparameters) -> dict[str, str]:
-    tables = _chain(_decoupled(hp), f"second_moment(factored, beta2={hp['beta2']!r}, eps={hp['eps']!r})")
+    # "row" divides each row by 1 - beta2^n[i], n[i] the steps its gradient was nonzero, not by the
+    # step's 1 - beta2^t: a row first seen late is then not under-corrected into an outsized step.
+    correction = "" if hp["bias_correction"] == "step" else f", bias_correction={hp['bias_correction']}"
+    second = f"second_moment(factored, beta2={hp['beta2']!r}, eps={hp['eps']!r}{correction})"
+    tables = _chain(_decoupled(hp), second)
     adamw = _adam_text(hp["betas"], hp["eps"], _decoupled(hp))
     return {"embed": tables, "head": tables, "matrix": adamw, "vector": adamw}
 
@@ -182,7 +197,8 @@ RECIPES: dict[str, Recipe] = {
                _muon),
         Recipe("ember", "Ember: factored second moment, no momentum, on the token tables; AdamW elsewhere",
                "the Ember formulas of the Token Geometry paper (arXiv 2607.01455)", 1e-3,
-               {"beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "betas": (0.9, 0.999)}, _ember),
+               {"beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "betas": (0.9, 0.999),
+                "bias_correction": "step"}, _ember),
     ]
 }
 
@@ -199,3 +215,25 @@ def check_lr(lr: float, where: str) -> float:
     if isinstance(lr, bool) or not isinstance(lr, int | float) or not (0.0 <= lr < math.inf):
         raise ValueError(f"{where}: lr={lr!r} is not allowed; lr must be a finite number >= 0")
     return float(lr)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A recipe with some hyperparameters (and perhaps its lr) given, as ``ember(bias_correction=row)``."""
+
+    recipe: Recipe
+    hyperparameters: dict[str, Any]
+    lr: float | None = None
+
+
+def parse_variant(text: str) -> Variant:
+    """``name`` or ``name(key=value, ...)``, values written as in chain text (``lr`` among them or
+    not): a recipe whose chains build with these hyperparameters; ``ValueError`` otherwise."""
+    name, given = parse_call(text.strip(), "recipe")
+    recipe = get_recipe(name)
+    lr = given.pop("lr", None)
+    if lr is not None:
+        lr = check_lr(lr, f"recipe {name!r}")
+    resolved = recipe.resolve(given)
+    recipe.chains(**given)
+    return Variant(recipe, {key: resolved[key] for key in given}, lr)

@@ -1,6 +1,8 @@
 """What ``--recipe`` names: a recipe, a structure written as chain text per role, or a trial of a study.
 
-- ``ember``: a named recipe (``optispace recipes`` lists them);
+- ``ember``: a named recipe (``optispace recipes`` lists them); ``ember(bias_correction=row)`` or
+  ``ember(lr=3e-3, bias_correction=row)``: with some of its hyperparameters given (values written
+  as in chain text; an lr given here yields to ``--lr``);
 - ``embed: second_moment(factored) | head: sign | matrix: momentum(0.9) > orthogonalize | vector: sign``:
   one chain per role, in the form a trial's ``structure`` attribute is written (every role present
   in the model needs one; the lr comes from ``--lr``);
@@ -32,7 +34,8 @@ class RecipeArgument:
     recipe: str | dict[str, str]
     role_lr: dict[str, float] = field(default_factory=dict)
     source: str = ""
-    #: ``TrainConfig`` keyword arguments the study trained its trials with (seed and probes excepted).
+    #: ``TrainConfig`` keyword arguments the study trained its trials with (seed and probes excepted),
+    #: or the hyperparameters (and lr) of a recipe written ``ember(bias_correction=row)``.
     settings: dict[str, Any] = field(default_factory=dict)
 
 
@@ -59,12 +62,27 @@ def recipe_argument(text: str, storage_url: str | None = None, data: str | None 
     gives its own data, so a study's data path is not checked (it may not exist here)."""
     if text.startswith(STUDY_PREFIX):
         return _from_trial(text.removeprefix(STUDY_PREFIX), storage_url, data)
+    if "(" in text and ":" not in text:
+        return _variant(text)
     if ":" not in text:
         return RecipeArgument(text, source=f"recipe {text}")
     try:
         return RecipeArgument(parse_structure(text), source="structure")
     except ValueError as e:
         raise UserError(f"--recipe: {e}") from None
+
+
+def _variant(text: str) -> RecipeArgument:
+    """A named recipe with hyperparameters (and perhaps its lr) given: ``ember(bias_correction=row)``."""
+    from optispace.recipes import parse_variant
+
+    try:
+        variant = parse_variant(text)
+    except ValueError as e:
+        raise UserError(f"--recipe: {e}") from None
+    lr = {} if variant.lr is None else {"lr": variant.lr}
+    return RecipeArgument(variant.recipe.name, source=f"recipe {text.strip()}",
+                          settings={"hyperparameters": variant.hyperparameters, **lr})
 
 
 def _from_trial(ref: str, storage_url: str | None, data: str | None) -> RecipeArgument:

@@ -36,6 +36,8 @@ def test_checkpoint_then_resume(tmp_path, capsys):
 @pytest.mark.parametrize("extra, message", [
     (["--proxy", "huge"], "proxy"),
     (["--recipe", "nonesuch"], "unknown recipe"),
+    (["--recipe", "ember(bias_correction=rows)"], "--recipe: recipe 'ember': bias_correction='rows' is not"),
+    (["--recipe", "ember(lr=1e-3"], "--recipe: recipe 'ember(lr=1e-3', column 14"),
     (["--data", "/no/such/corpus"], "does not exist"),
     (["--tokens", "0"], "tokens"),
     (["--steps", "0"], "steps"),
@@ -73,6 +75,13 @@ def test_a_structure_trains_its_chains_at_the_given_lr(tmp_path):
     record = _record(tmp_path, STRUCTURE, "--lr", "0.01")
     assert record["config"]["recipe"]["vector"] == "momentum(0.9)"
     assert record["config"]["recipe"]["matrix"] == "momentum(0.9) > orthogonalize"
+
+
+def test_a_recipe_with_hyperparameters_trains_them_and_its_lr_yields_to_dash_dash_lr(tmp_path):
+    config = _record(tmp_path, "ember(lr=0.002, bias_correction=row)")["config"]
+    assert (config["recipe"], config["hyperparameters"]) == ("ember", {"bias_correction": "row"})
+    assert config["lr"] == 0.002
+    assert _record(tmp_path, "ember(lr=0.002, bias_correction=row)", "--lr", "0.003")["config"]["lr"] == 0.003
 
 
 SEARCH = {"study": {"name": "s", "question": "?"},

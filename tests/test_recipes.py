@@ -20,6 +20,7 @@ from lion_pytorch import Lion
 from torch import nn
 
 from optispace import RECIPES, Optimizer
+from optispace.recipes import parse_variant
 from optispace.roles import assign_roles
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -114,30 +115,36 @@ class EmberReference:
     """Ember as the Token Geometry paper states it, on the token tables; torch AdamW on everything else.
 
     r, c, s: EMAs (beta2) of the row means, column means and global mean of g^2, each bias-corrected;
-    v = r[i] c[j] / s; p *= 1 - lr wd; p -= lr g / (sqrt(v) + eps).
+    v = r[i] c[j] / s; p *= 1 - lr wd; p -= lr g / (sqrt(v) + eps). ``per_row``: v is corrected by
+    1 - beta2^n[i] instead, n[i] the steps on which row i had a nonzero gradient.
     """
 
     def __init__(self, model: nn.Module, lr: float, beta2: float, eps: float, wd: float,
-                 betas: tuple[float, float]) -> None:
+                 betas: tuple[float, float], per_row: bool = False) -> None:
         roles = groups_by_role(model)
         self.tables = roles["embed"] + roles["head"]
         self.stats = [[torch.zeros(p.shape[0]), torch.zeros(p.shape[1]), torch.zeros(())]
                       for p in self.tables]
+        self.seen = [torch.zeros(p.shape[0]) for p in self.tables]
         self.adamw = torch.optim.AdamW(roles["matrix"] + roles["vector"], lr=lr, betas=betas, eps=eps,
                                        weight_decay=wd)
-        self.lr, self.beta2, self.eps, self.wd, self.t = lr, beta2, eps, wd, 0
+        self.lr, self.beta2, self.eps, self.wd, self.t, self.per_row = lr, beta2, eps, wd, 0, per_row
 
     @torch.no_grad()
     def step(self) -> None:
         self.t += 1
-        for p, (r, c, s) in zip(self.tables, self.stats, strict=True):
+        for p, (r, c, s), seen in zip(self.tables, self.stats, self.seen, strict=True):
             g2 = p.grad.square()
             r.mul_(self.beta2).add_((1 - self.beta2) * g2.mean(dim=1))
             c.mul_(self.beta2).add_((1 - self.beta2) * g2.mean(dim=0))
             s.mul_(self.beta2).add_((1 - self.beta2) * g2.mean())
-            correction = 1 - self.beta2**self.t
-            r_hat, c_hat, s_hat = r / correction, c / correction, s / correction
-            v = r_hat[:, None] * c_hat[None, :] / s_hat
+            seen.add_(g2.amax(dim=1) > 0)
+            if self.per_row:
+                v = r[:, None] * c[None, :] / s / (1 - self.beta2 ** seen.clamp(min=1))[:, None]
+            else:
+                correction = 1 - self.beta2**self.t
+                r_hat, c_hat, s_hat = r / correction, c / correction, s / correction
+                v = r_hat[:, None] * c_hat[None, :] / s_hat
             p.mul_(1 - self.lr * self.wd)
             p.sub_(self.lr * p.grad / (v.sqrt() + self.eps))
         self.adamw.step()
@@ -179,6 +186,9 @@ CASES = [
     ("muon", {"lr": 2e-2, "adamw_weight_decay": 0.01}, lambda m: _muon_reference(m, lr=2e-2, wd=0.1), 5e-2),
     ("ember", {"lr": 1e-2, "weight_decay": 0.01},
      lambda m: EmberReference(m, lr=1e-2, beta2=0.999, eps=1e-8, wd=0.01, betas=(0.9, 0.999)), 1e-6),
+    ("ember", {"lr": 1e-2, "weight_decay": 0.01, "bias_correction": "row"},
+     lambda m: EmberReference(m, lr=1e-2, beta2=0.999, eps=1e-8, wd=0.01, betas=(0.9, 0.999), per_row=True),
+     1e-6),
 ]
 
 
@@ -186,7 +196,8 @@ def test_every_recipe_has_a_reference_case() -> None:
     assert sorted({case[0] for case in CASES}) == sorted(RECIPES)
 
 
-@pytest.mark.parametrize(("recipe", "kwargs", "reference", "rtol"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("recipe", "kwargs", "reference", "rtol"), CASES,
+                         ids=[c[0] + ("_row" if "bias_correction" in c[1] else "") for c in CASES])
 def test_recipe_matches_reference(recipe: str, kwargs: dict, reference, rtol: float) -> None:
     ours, ref = make_model(), make_model()
     opt = Optimizer(ours, recipe, **kwargs)
@@ -253,3 +264,45 @@ def test_ember_keeps_o_of_v_plus_d_state_on_tables() -> None:
     opt = Optimizer(model, "ember")
     assert opt.state_bytes()["embed"] == 4 * (VOCAB + DIM + 1)
     assert opt.state_bytes()["head"] == 4 * (VOCAB + DIM + 1)
+
+
+def test_ember_corrects_bias_per_step_by_default_and_per_row_when_asked() -> None:
+    ember = RECIPES["ember"]
+    assert ember.defaults["bias_correction"] == "step"
+    reference = {role: str(chain) for role, chain in ember.chains().items()}
+    row = {role: str(chain) for role, chain in ember.chains(bias_correction="row").items()}
+    assert reference["embed"] == reference["head"] == "second_moment(factored)"
+    assert row["embed"] == row["head"] == "second_moment(factored, bias_correction=row)"
+    assert (row["matrix"], row["vector"]) == (reference["matrix"], reference["vector"])
+    with pytest.raises(ValueError, match="bias_correction='rows' is not allowed; bias_correction must be"):
+        ember.chains(bias_correction="rows")
+
+
+def test_ember_per_row_keeps_one_count_per_row_more() -> None:
+    opt = Optimizer(make_model(), "ember", bias_correction="row")
+    assert opt.state_bytes()["embed"] == 4 * (VOCAB + DIM + 1) + 4 * VOCAB
+
+
+@pytest.mark.parametrize(("text", "recipe", "hyperparameters", "lr"), [
+    ("ember", "ember", {}, None),
+    (" ember(lr=3e-3, bias_correction=row) ", "ember", {"bias_correction": "row"}, 3e-3),
+    ("adamw(betas=(0.9, 0.95), weight_decay=0)", "adamw", {"betas": (0.9, 0.95), "weight_decay": 0}, None),
+])
+def test_a_variant_is_a_recipe_with_some_hyperparameters_given(text: str, recipe: str, hyperparameters: dict,
+                                                               lr: float | None) -> None:
+    variant = parse_variant(text)
+    assert (variant.recipe.name, variant.hyperparameters, variant.lr) == (recipe, hyperparameters, lr)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("embr(lr=1e-3)", "unknown recipe 'embr'"),
+    ("ember(lr=-1)", "lr=-1 is not allowed"),
+    ("ember(bias_correction=rows)", "bias_correction='rows' is not allowed"),
+    ("ember(beta1=0.9)", "unknown hyperparameter"),
+    ("ember(lr=1e-3", "column 14: expected ',', found the end of the text"),
+    ("ember(3e-3)", "column 7: expected key=value"),
+    ("ember(beta2=2.0)", "recipe 'ember': chain .* beta2=2.0 is not allowed"),
+])
+def test_a_variant_mistake_is_one_message(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_variant(text)

@@ -119,9 +119,10 @@ def dominated(a, b):
 
 
 @given(
-    st.lists(st.tuples(st.integers(3, 6).map(lambda x: x / 2), st.integers(0, 4)), min_size=1, max_size=25)
+    st.lists(st.tuples(st.integers(3, 6).map(lambda x: x / 2), st.integers(0, 4)), min_size=1, max_size=25),
+    st.booleans(),
 )
-def test_pareto_front_is_exactly_the_non_dominated_trials(points):
+def test_pareto_front_is_exactly_the_non_dominated_trials(points, maximize):
     frame = pl.DataFrame(
         {
             "number": list(range(len(points))),
@@ -130,10 +131,11 @@ def test_pareto_front_is_exactly_the_non_dominated_trials(points):
             "state_bytes": [p[1] for p in points],
         }
     )
-    front = analyses.pareto_front(frame)
-    expected = {i for i, p in enumerate(points) if not any(dominated(p, q) for q in points)}
+    front = analyses.pareto_front(frame, maximize)
+    costs = [(-p[0] if maximize else p[0], p[1]) for p in points]  # a reward: more is better
+    expected = {i for i, p in enumerate(costs) if not any(dominated(p, q) for q in costs)}
     assert set(front["number"]) == expected
-    assert front.equals(front.sort("state_bytes", "val_loss", "number"))
+    assert front.equals(front.sort("state_bytes", "val_loss", "number", descending=[False, maximize, False]))
 
 
 def test_pareto_front_of_the_known_study(trials):

@@ -53,6 +53,7 @@ def test_best_per_value_and_paired_gaps_are_the_known_ones() -> None:
             "val_loss": [4.0, 3.5, 3.3, 3.0, None],
             "scale.dim": [16.0, 16.0, 16.0, 32.0, 32.0],
             "lr.matrix": [1e-3, 3e-3, 1e-2, 1e-2, 1e-3],
+            "state_bytes": [8] * 5,
             "seeds": [[0, 1]] * 5,
             "seed_losses": [[4.1, 3.9], [3.6, 3.4], [3.2, 3.4], [3.0, 3.0], [None, None]],
         }

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import optuna
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 from test_search_run import load, start_worker, wait_for_exit, wait_for_running
 
@@ -141,6 +144,40 @@ def test_a_sigkill_mid_trial_then_resume_still_covers_each_point_once_per_round(
     assert points(study) == {(b, d): 2 for b in (4, 8) for d in (16, 32)}
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
     assert retried[0].params["scale.dim"] == killed.params["scale.dim"]
+
+
+@given(st.permutations([0, 0, 1, 1, 2, 2, 3, 3]))
+def test_workers_choosing_at_once_never_take_one_point_twice_in_a_round(events: list[int]) -> None:
+    """Four workers, one trial each, asked at once: a trial's first event reads the study and
+    chooses, its second writes the point; in every interleaving the four take the four points."""
+    spec = parse_search_text(scaled_text(), "scaled.toml")
+    storage = optuna.storages.InMemoryStorage()
+    optuna.create_study(storage=storage, study_name="race")
+    axes = {scale.PREFIX + axis: CategoricalDistribution(values) for axis, values in spec.proxy.sweep.items()}
+    workers = [optuna.load_study(study_name="race", storage=storage, sampler=scale.ScaleGrid(
+        lambda seed: optuna.samplers.RandomSampler(seed=seed), 0, scale.grid(spec.proxy.sweep)))
+        for _ in range(4)]
+    trials = [worker.ask() for worker in workers]
+    read = set()
+    for i in events:
+        if i not in read:  # choose now (the sampler keeps the choice for its trial), write later
+            read.add(i)
+            frozen = workers[i].get_trials(deepcopy=False)[trials[i].number]
+            workers[i].sampler.sample_independent(workers[i], frozen, *next(iter(axes.items())))
+        else:
+            for name, distribution in axes.items():
+                trials[i].suggest_categorical(name, distribution.choices)
+    assert len({tuple(t.params.values()) for t in trials}) == 4
+
+
+@pytest.mark.slow
+def test_two_workers_cover_each_point_once_per_round(tmp_path: Path) -> None:
+    url = str(tmp_path / "s.journal")
+    spec = parse_search_text(scaled_text(), "scaled.toml")
+    run_search(spec, url, n_trials=8, trainer=WidthTrainer(sleep_s=0.02), progress=False, workers=2)
+    study = load(url, "scaled")
+    assert points(study) == {(b, d): 2 for b in (4, 8) for d in (16, 32)}
+    assert {t.user_attrs["worker"] for t in study.trials} == {0, 1}
 
 
 def configuration(lr: float = 1e-2) -> Configuration:

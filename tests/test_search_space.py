@@ -105,6 +105,7 @@ steps = 4
 adamw = {lr = {values = [1e-3, 3e-3]}}
 ember = {lr = 2e-3}
 adafactor = {lr = {values = [1e-2, 3e-2, 1e-1]}}
+ember_row = {recipe = "ember", bias_correction = "row", lr = {values = [1e-3, 3e-3]}}
 """
 
 
@@ -113,9 +114,43 @@ def test_a_recipe_is_drawn_with_its_own_lr_and_trains_its_chains_on_every_role()
     from optispace.search.space import configurations, sample_configuration
 
     spec = parse_search_text(RECIPES, "r.toml")
-    assert configurations(spec) == 2 + 1 + 3
+    assert configurations(spec) == 2 + 1 + 3 + 2
     drawn = sample_configuration(FixedTrial({"recipe": "ember", "ember.lr": 2e-3}), spec)
     chains = get_recipe("ember").chains()
     assert drawn.recipe == {role: str(chain) for role, chain in chains.items()}
     assert set(drawn.role_lr.values()) == {2e-3}
     assert drawn.structure == " | ".join(f"{role}: {chain}" for role, chain in chains.items())
+
+
+def test_a_recipe_variant_is_its_label_with_the_recipes_chains_at_its_hyperparameters() -> None:
+    from optispace.search.space import sample_configuration
+
+    spec = parse_search_text(RECIPES, "r.toml")
+    row = sample_configuration(FixedTrial({"recipe": "ember_row", "ember_row.lr": 3e-3}), spec)
+    ember = sample_configuration(FixedTrial({"recipe": "ember", "ember.lr": 2e-3}), spec)
+    assert row.recipe["embed"] == row.recipe["head"] == "second_moment(factored, bias_correction=row)"
+    assert (row.recipe["matrix"], row.recipe["vector"]) == (ember.recipe["matrix"], ember.recipe["vector"])
+    assert row.structure != ember.structure
+
+
+def test_the_grid_sampler_enumerates_every_label_and_lr_exactly_once() -> None:
+    import optuna
+
+    from optispace.search.space import configurations, sample_configuration
+    from optispace.search.study import make_sampler
+
+    spec = parse_search_text(RECIPES, "r.toml")
+    seen = []
+
+    def objective(trial: optuna.Trial) -> float:
+        drawn = sample_configuration(trial, spec)
+        seen.append((trial.params["recipe"], drawn.role_lr["embed"], drawn.recipe["embed"]))
+        return 0.0
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.create_study(sampler=make_sampler(spec, 0)).optimize(objective, n_trials=configurations(spec))
+    expected = {("adamw", 1e-3), ("adamw", 3e-3), ("ember", 2e-3), ("adafactor", 1e-2), ("adafactor", 3e-2),
+                ("adafactor", 1e-1), ("ember_row", 1e-3), ("ember_row", 3e-3)}
+    assert sorted((label, lr) for label, lr, _ in seen) == sorted(expected)
+    assert {chain for label, _, chain in seen if label == "ember_row"} == {
+        "second_moment(factored, bias_correction=row)"}

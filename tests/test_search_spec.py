@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from optispace.errors import UserError
 from optispace.search.locate import key_lines, line_of
 from optispace.search.space import grid_size
-from optispace.search.spec import Range, Values, parse_search, parse_search_text
+from optispace.search.spec import Range, RecipeChoice, Values, parse_search, parse_search_text
 
 SEARCHES = sorted((Path(__file__).parent.parent / "searches").glob("*.toml"))
 
@@ -220,12 +220,18 @@ MISTAKES = [
 RECIPES = VALID[: VALID.index("[roles.embed]")] + """[recipes]
 adamw = {lr = [1e-4, 1e-2]}
 ember = {lr = 1e-3}
+ember_row = {recipe = "ember", bias_correction = "row", betas = [0.9, 0.95], lr = {values = [1e-3, 3e-3]}}
 """
 
 
-def test_recipes_replace_the_roles_each_with_its_own_lr() -> None:
+def test_recipes_replace_the_roles_each_label_with_its_recipe_hyperparameters_and_lr() -> None:
     spec = parse_search_text(RECIPES, "t.toml")
-    assert spec.roles == {} and spec.recipes == {"adamw": Range(1e-4, 1e-2, log=True), "ember": 1e-3}
+    assert spec.roles == {} and spec.recipes == {
+        "adamw": RecipeChoice("adamw", Range(1e-4, 1e-2, log=True)),
+        "ember": RecipeChoice("ember", 1e-3),
+        "ember_row": RecipeChoice("ember", Values((1e-3, 3e-3)),
+                                  {"bias_correction": "row", "betas": (0.9, 0.95)}),
+    }
 
 
 @pytest.mark.parametrize(
@@ -234,7 +240,18 @@ def test_recipes_replace_the_roles_each_with_its_own_lr() -> None:
         (("ember =", "emberr ="), r"t.toml:12: recipes.emberr: unknown recipe; the recipes are sgd,"),
         (("[recipes]", "[roles.embed]\ntie = 'head'\n[recipes]"), r"t.toml:12: recipes: give either"),
         (("trials = 3", 'sampler = "grid"'), r"t.toml:11: recipes.adamw.lr: sampler \"grid\" enumerates"),
-        (("lr = 1e-3}", "lr = 1e-3, beta1 = 0.9}"), r"t.toml:12: recipes.ember.beta1: unknown key; allowed"),
+        (("lr = 1e-3}", "lr = 1e-3, beta1 = 0.9}"),
+         r"t.toml:12: recipes.ember.beta1: unknown key; allowed here: recipe, lr, beta2, eps, weight_decay"),
+        (('"row"', '"rows"'), r"t.toml:13: recipes.ember_row.bias_correction: recipe 'ember': "
+         r"bias_correction='rows' is not allowed; bias_correction must be one of step, row, none"),
+        (("[0.9, 0.95]", "[0.9]"), r"t.toml:13: recipes.ember_row.betas: recipe 'ember': betas=\[0.9\] is "
+         r"not allowed; betas must be a sequence of 2 values"),
+        (('recipe = "ember"', 'recipe = "embr"'), r"t.toml:13: recipes.ember_row.recipe: 'embr' is not"),
+        (('recipe = "ember", ', ""), r"t.toml:13: recipes.ember_row: unknown recipe; the recipes are sgd,.* "
+         r'\(or name one with recipe = "..."'),
+        (('bias_correction = "row"', 'bias_correction = "row", beta2 = 2.0'),
+         r"t.toml:13: recipes.ember_row.beta2: recipe 'ember'.*beta2"),
+        (("trials = 3", 'sampler = "grid"'), r"t.toml:11: recipes.adamw.lr: sampler \"grid\" enumerates"),
     ],
 )
 def test_recipe_mistakes_name_key_and_line(edit: tuple[str, str], message: str) -> None:

@@ -24,6 +24,14 @@ def test_a_name_is_a_recipe_and_a_repeated_role_is_refused() -> None:
         recipe_argument("head: sign | head: identity")
 
 
+def test_a_recipe_call_gives_its_hyperparameters_and_lr() -> None:
+    argument = recipe_argument("ember(lr=3e-3, bias_correction=row)")
+    assert (argument.recipe, argument.settings) == ("ember", {"hyperparameters": {"bias_correction": "row"},
+                                                              "lr": 3e-3})
+    with pytest.raises(UserError, match="--recipe: recipe 'ember': unknown hyperparameter"):
+        recipe_argument("ember(beta1=0.9)")
+
+
 def test_a_swept_trial_replays_at_its_scale_point_with_the_lrs_it_trained(tmp_path) -> None:
     from test_search_scale import WidthTrainer, load, scaled_text
 

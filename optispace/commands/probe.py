@@ -1,5 +1,8 @@
 """``optispace probe``: train recipes x seeds with the token-geometry probes on, and write the report.
 
+A recipe may be given hyperparameters and an lr, ``ember(lr=3e-3, bias_correction=row)``
+(``optispace.recipes.parse_variant``); the report labels each by its text as given.
+
 Each finished run is saved to ``OUT/runs.json`` at once; ``--rebuild`` rewrites the report from that
 file, training nothing (also after an interrupted comparison: the report then shows the runs done).
 """
@@ -17,7 +20,9 @@ from optispace.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--recipes", default="adamw,ember,adafactor", help="comma-separated recipe names")
+    parser.add_argument("--recipes", default="adamw,ember,adafactor",
+                        help="comma-separated recipes, each a name or a name with hyperparameters and lr, "
+                        "e.g. 'adamw(lr=3e-3),ember(lr=3e-3, bias_correction=row)'")
     parser.add_argument("--proxy", default="small", help="tier: tiny, small, medium or base (default small)")
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds, 0 .. N-1 (default 3)")
     parser.add_argument("--tokens", type=int, help="token budget per run (default: the tier's)")
@@ -28,23 +33,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rebuild", action="store_true", help="rewrite the report from OUT/runs.json")
 
 
+def _split(text: str) -> list[str]:
+    """``text`` cut at the commas outside parentheses (``ember(lr=1e-3, eps=1e-8)`` is one item)."""
+    items, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    return [*items, text[start:]]
+
+
 def _names(text: str, option: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
+    """The items of a comma-separated list (:func:`_split`), each stripped and given once."""
+    names = [n.strip() for n in _split(text) if n.strip()]
     if not names:
         raise UserError(f"{option}: give at least one name, comma-separated")
+    repeated = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if repeated is not None:
+        raise UserError(f"{option}: {repeated!r} is given twice")
     return names
 
 
 def _check(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     from optispace.probes import PROBES
     from optispace.proxies import TIERS
-    from optispace.recipes import RECIPES
+    from optispace.recipes import RECIPES, parse_variant
 
     recipes, probes = _names(args.recipes, "--recipes"), _names(args.probes, "--probes")
     for option, names, known in (("--recipes", recipes, RECIPES), ("--probes", probes, PROBES)):
-        unknown = [n for n in names if n not in known]
+        unknown = [n for n in names if n not in known and "(" not in n]
         if unknown:
             raise UserError(f"{option}: unknown {unknown[0]!r}; known: {', '.join(known)}")
+    for recipe in recipes:
+        try:
+            parse_variant(recipe)
+        except ValueError as e:
+            raise UserError(f"--recipes: {e}") from None
     if args.proxy not in TIERS:
         raise UserError(f"--proxy: unknown tier {args.proxy!r}; known: {', '.join(TIERS)}")
     if args.seeds < 1:
@@ -89,15 +114,21 @@ def run_comparison(
 ) -> list[dict]:
     """Train every recipe on every seed with fresh ``probes`` attached; one run dict each, in order.
 
-    ``tokens=None`` is the tier's default budget; ``on_run`` sees each run as it finishes.
+    A recipe is a name or ``name(key=value, ...)`` (``parse_variant``: its lr and hyperparameters);
+    the run's ``recipe`` is that text. ``tokens=None`` is the tier's default budget; ``on_run`` sees
+    each run as it finishes.
     """
     from optispace.probes import build
     from optispace.proxies import TrainConfig, train
+    from optispace.recipes import parse_variant
 
     runs = []
     for recipe in recipes:
+        variant = parse_variant(recipe)
         for seed in seeds:
-            cfg = TrainConfig(recipe=recipe, proxy=proxy, tokens=tokens, seed=seed, device=device, data=data)
+            cfg = TrainConfig(recipe=variant.recipe.name, lr=variant.lr,
+                              hyperparameters=variant.hyperparameters, proxy=proxy, tokens=tokens,
+                              seed=seed, device=device, data=data)
             record = train(cfg, callbacks=build(probes), progress=True)
             run = {
                 "recipe": recipe,

@@ -21,7 +21,9 @@ REGIME_OPTIONS = ("regime", "init", "pairs", "new_rows", "task", "group_size", "
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", required=True,
-                        help="a recipe name (see `optispace recipes`); a structure, chain text per role "
+                        help="a recipe name (see `optispace recipes`), or one with hyperparameters, e.g. "
+                        "'ember(bias_correction=row)' (an lr in it yields to --lr); a structure, chain "
+                        "text per role "
                         "('embed: CHAIN | head: CHAIN | matrix: CHAIN | vector: CHAIN', with --lr); or "
                         "study:NAME#TRIAL (study:NAME: its best trial) to retrain a trial's chains and lrs "
                         "with the study's tier, budget, data and schedule (options given here come first)")

@@ -237,28 +237,27 @@ def importance_by_role(imp: pl.DataFrame) -> pl.DataFrame:
     return frame.sort(_role_rank(frame))
 
 
-def pareto_front(trials: pl.DataFrame) -> pl.DataFrame:
-    """Finished trials that no other finished trial dominates on (val_loss, state_bytes).
+def pareto_front(trials: pl.DataFrame, maximize: bool = False) -> pl.DataFrame:
+    """Finished trials that no other finished trial dominates on (val_loss, state_bytes); the
+    objective ``val_loss`` is minimized, or maximized when ``maximize`` (a reward).
 
-    Trial a dominates b when a <= b on both and a < b on one. A trial is on the front iff its
-    loss is the least at its state bytes and below the least loss at every smaller state bytes.
-    Sorted by state bytes, then loss, then trial number.
+    Trial a dominates b when a is no worse on both and better on one. A trial is on the front iff
+    its objective is the best at its state bytes and better than the best at every smaller state
+    bytes. Sorted by state bytes, then objective (best first), then trial number.
     """
     points = trials.filter(pl.col("val_loss").is_not_null() & pl.col("state_bytes").is_not_null())
+    cost = (-pl.col("val_loss") if maximize else pl.col("val_loss")).alias("cost")  # least is best
     least = (
         points.group_by("state_bytes")
-        .agg(least=pl.col("val_loss").min())
+        .agg(least=cost.min())
         .sort("state_bytes")
         .with_columns(below=pl.col("least").cum_min().shift(1))
     )
     return (
         points.join(least, on="state_bytes")
-        .filter(
-            (pl.col("val_loss") == pl.col("least"))
-            & (pl.col("below").is_null() | (pl.col("val_loss") < pl.col("below")))
-        )
+        .filter((cost == pl.col("least")) & (pl.col("below").is_null() | (cost < pl.col("below"))))
         .select("number", "structure", "val_loss", "state_bytes")
-        .sort("state_bytes", "val_loss", "number")
+        .sort("state_bytes", "val_loss", "number", descending=[False, maximize, False])
     )
 
 

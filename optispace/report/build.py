@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import optuna
 import polars as pl
 
-from optispace.report import analyses, frames, scaling
+from optispace.report import against, analyses, frames, scaling
 
 # Used when neither the command line nor the study states a tolerance (in val loss, nats/token).
 DEFAULT_TOLERANCE = 0.02
@@ -44,6 +44,8 @@ class Report:
     scale_best: pl.DataFrame = field(default_factory=pl.DataFrame)
     scale_fits: pl.DataFrame = field(default_factory=pl.DataFrame)
     scale_gaps: pl.DataFrame = field(default_factory=pl.DataFrame)
+    #: The "Recipes against adamw" frame (``optispace.report.against``); empty when it does not apply.
+    versus: pl.DataFrame = field(default_factory=pl.DataFrame)
 
     @property
     def roles(self) -> list[str]:
@@ -88,11 +90,12 @@ def build_report(study: optuna.Study, tolerance: float | None = None) -> Report:
         shares=analyses.choice_map(structs, trials, params),
         importance=imp,
         importance_note=note,
-        front=analyses.pareto_front(trials),
+        front=analyses.pareto_front(trials, info.maximize),
         sensitivity=analyses.lr_sensitivity(trials, structs, tolerance, analyses.lr_ranges(info.search)),
         best_curves=analyses.best_curves(curves, structs, TOP_FIGURE),
         scale_axes=tuple(axes),
         scale_best=best,
         scale_fits=scaling.fits(best),
         scale_gaps=scaling.gaps(best),
+        versus=against.against_reference(trials, structs, info.search, info.maximize),
     )

@@ -75,11 +75,15 @@ def format_bytes(n: float, spec: str = ".1f") -> str:
     raise AssertionError("unreachable")
 
 
-def pareto_figure(points: pl.DataFrame, front: pl.DataFrame, labels: pl.DataFrame, path: Path) -> Path:
-    """Val loss vs optimizer state bytes: every finished trial, the front highlighted and labelled.
+def pareto_figure(
+    points: pl.DataFrame, front: pl.DataFrame, labels: pl.DataFrame, path: Path, objective: str = "val loss"
+) -> Path:
+    """The objective (val loss) vs optimizer state bytes: every finished trial, the front
+    highlighted and labelled.
 
     ``points``: number, val_loss, state_bytes; ``front``: the same for the front's trials;
-    ``labels``: structure -> label, to name each front point by its structure.
+    ``labels``: structure -> label, to name each front point by its structure; ``objective``: the
+    objective in words.
     """
     fig, ax = new_figure(width=7.0, height=4.5)
     ax.scatter(points["state_bytes"], points["val_loss"], s=12, color=_MUTED, alpha=0.5, label="trial")
@@ -101,8 +105,8 @@ def pareto_figure(points: pl.DataFrame, front: pl.DataFrame, labels: pl.DataFram
     _bytes_axis(ax, points["state_bytes"])
     ax.margins(x=0.06, y=0.08)
     ax.set_xlabel("optimizer state (bytes, binary units)")
-    ax.set_ylabel("final val loss (nats/token)")
-    ax.set_title("Val loss vs optimizer state")
+    ax.set_ylabel("final val loss (nats/token)" if objective == "val loss" else f"final {objective}")
+    ax.set_title(f"{objective[0].upper()}{objective[1:]} vs optimizer state")
     ax.legend(loc="best")
     return save_png(fig, path)
 

@@ -90,6 +90,7 @@ FORMATS: dict[str, Callable] = {
     "best_lr": fmt_lr,
     "basin_decades": "{:.2f}".format,
     "gap to adamw": fmt_signed,
+    "Δ vs adamw": fmt_signed,
     "gap sd": fmt_loss,
     "exponent": "{:+.3f}".format,
     "r2": "{:.3f}".format,

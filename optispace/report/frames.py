@@ -180,6 +180,18 @@ class StudyInfo:
     regime: str = "pretrain"
     objective: str = "val_loss"
 
+    @property
+    def maximize(self) -> bool:
+        """Is the first objective maximized (a reward), so that the best value is the greatest?"""
+        return self.directions[:1] == ("maximize",)
+
+    @property
+    def objective_words(self) -> str:
+        """The first objective in words (``optispace.proxies.objectives.OBJECTIVE_LABELS``)."""
+        from optispace.proxies.objectives import OBJECTIVE_LABELS
+
+        return OBJECTIVE_LABELS.get(self.objective, self.objective)
+
 
 def study_info(study: optuna.Study) -> StudyInfo:
     """Read the study's name, directions and the user attributes the search stored (DESIGN.md)."""

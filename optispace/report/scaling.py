@@ -49,34 +49,42 @@ def with_groups(trials: pl.DataFrame, structs: pl.DataFrame, search: dict[str, A
 
 def best_at(trials: pl.DataFrame, axes: list[str]) -> pl.DataFrame:
     """Per group, axis and value: the best finished trial, its loss, seed sd and lr (module doc)."""
-    lr = "lr.matrix" if "lr.matrix" in trials.columns else None
     parts = []
     for axis in axes:
         column = f"scale.{axis}"
-        done = trials.filter(pl.col("val_loss").is_not_null() & pl.col(column).is_not_null())
-        if done.is_empty():
-            continue
-        ranked = done.sort("val_loss", "number").with_columns(
-            n_trials=pl.len().over(_GROUP, column).cast(pl.Int64)
-        )
-        best = ranked.unique(subset=[_GROUP, column], keep="first", maintain_order=True)
-        parts.append(
-            best.select(
-                _GROUP,
-                pl.lit(axis).alias("axis"),
-                pl.col(column).alias("value"),
-                pl.col("val_loss").alias("best_loss"),
-                pl.col("seed_losses").list.drop_nulls().list.std(ddof=1).alias("seed_sd"),
-                (pl.col(lr) if lr else pl.lit(None, pl.Float64)).alias("best_lr"),
-                "n_trials",
-                pl.col("number").alias("best_trial"),
-                "seeds",
-                "seed_losses",
-            )
-        )
+        best = best_of(trials, [column])
+        if not best.is_empty():
+            parts.append(best.select(_GROUP, pl.lit(axis).alias("axis"), pl.col(column).alias("value"),
+                                     pl.exclude(_GROUP, column)))
     if not parts:
         return pl.DataFrame()
     return pl.concat(parts).sort(_GROUP, "axis", "value")
+
+
+def best_of(trials: pl.DataFrame, by: list[str], maximize: bool = False) -> pl.DataFrame:
+    """Per group and value of the ``by`` columns: the best finished trial (least mean objective over
+    seeds, greatest when ``maximize``; ties to the lower trial number), its objective, the sample
+    sd of its per-seed values, its lr (the matrix role's), state bytes and the number of trials."""
+    lr = "lr.matrix" if "lr.matrix" in trials.columns else None
+    done = trials.filter(pl.col("val_loss").is_not_null(), *[pl.col(c).is_not_null() for c in by])
+    if done.is_empty():
+        return pl.DataFrame()
+    ranked = done.sort("val_loss", "number", descending=[maximize, False]).with_columns(
+        n_trials=pl.len().over(_GROUP, *by).cast(pl.Int64)
+    )
+    best = ranked.unique(subset=[_GROUP, *by], keep="first", maintain_order=True)
+    return best.select(
+        _GROUP,
+        *by,
+        pl.col("val_loss").alias("best_loss"),
+        pl.col("seed_losses").list.drop_nulls().list.std(ddof=1).alias("seed_sd"),
+        (pl.col(lr) if lr else pl.lit(None, pl.Float64)).alias("best_lr"),
+        "n_trials",
+        pl.col("number").alias("best_trial"),
+        "state_bytes",
+        "seeds",
+        "seed_losses",
+    ).sort(_GROUP, *by)
 
 
 def power_law(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float | None]:
@@ -106,23 +114,27 @@ def fits(best: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=schema, orient="row").sort(_GROUP, "axis")
 
 
-def gaps(best: pl.DataFrame, reference: str = REFERENCE) -> pl.DataFrame:
-    """Per group other than ``reference``, axis and value: the paired per-seed gap to ``reference``."""
-    schema = {_GROUP: pl.String, "axis": pl.String, "value": pl.Float64, "gap": pl.Float64,
-              "gap_sd": pl.Float64, "paired_seeds": pl.Int64}
+#: The columns :func:`best_at` places a best trial by, and their types.
+_AT = {"axis": pl.String, "value": pl.Float64}
+
+
+def gaps(best: pl.DataFrame, reference: str = REFERENCE, at: dict[str, pl.DataType] = _AT) -> pl.DataFrame:
+    """Per group other than ``reference`` and value of the ``at`` columns (axis and value by default):
+    the paired per-seed gap to ``reference``'s best trial at the same values."""
+    schema = {_GROUP: pl.String, **at, "gap": pl.Float64, "gap_sd": pl.Float64, "paired_seeds": pl.Int64}
     if best.is_empty() or reference not in best[_GROUP].to_list():
         return pl.DataFrame(schema=schema)
-    ref = {(r["axis"], r["value"]): r for r in best.filter(pl.col(_GROUP) == reference).iter_rows(named=True)}
+    ref = {tuple(r[c] for c in at): r for r in best.filter(pl.col(_GROUP) == reference).iter_rows(named=True)}
     rows = []
     for r in best.filter(pl.col(_GROUP) != reference).iter_rows(named=True):
-        other = ref.get((r["axis"], r["value"]))
+        other = ref.get(tuple(r[c] for c in at))
         if other is None:
             continue
         diffs = _paired(r["seeds"], r["seed_losses"], other["seeds"], other["seed_losses"])
         if diffs:
             sd = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else None
-            rows.append((r[_GROUP], r["axis"], r["value"], math.fsum(diffs) / len(diffs), sd, len(diffs)))
-    return pl.DataFrame(rows, schema=schema, orient="row").sort(_GROUP, "axis", "value")
+            rows.append((r[_GROUP], *(r[c] for c in at), math.fsum(diffs) / len(diffs), sd, len(diffs)))
+    return pl.DataFrame(rows, schema=schema, orient="row").sort(_GROUP, *at)
 
 
 def _paired(seeds: list, losses: list, ref_seeds: list, ref_losses: list) -> list[float]:

@@ -14,7 +14,7 @@ import polars as pl
 
 from optispace.report import analyses, frames
 from optispace.report.build import SENSITIVITY_WINDOW, TOP_FIGURE, TOP_TABLE, Report
-from optispace.report.formats import fmt_bytes, fmt_duration, fmt_loss, fmt_share, table
+from optispace.report.formats import fmt_bytes, fmt_duration, fmt_loss, fmt_lr, fmt_share, fmt_signed, table
 from optispace.report.tables import NULL, code
 
 
@@ -24,6 +24,7 @@ def markdown(r: Report, drawn: Collection[str]) -> str:
         heading(r),
         _setup(r),
         _answer(r),
+        _versus_section(r),
         _structures_section(r),
         _sufficient_section(r),
         _map_section(r, drawn),
@@ -276,18 +277,65 @@ def _importance_section(r: Report) -> str:
 
 
 def _pareto_section(r: Report, drawn: Collection[str]) -> str:
+    words = r.info.objective_words
+    title = f"{words[0].upper()}{words[1:]} vs optimizer state"
     if r.front.is_empty():
-        return "## Val loss vs optimizer state\n\nNo finished trial recorded its state bytes.\n"
-    figure = "![Val loss vs optimizer state bytes, Pareto front highlighted](pareto.png)\n\n"
+        return f"## {title}\n\nNo finished trial recorded its state bytes.\n"
+    figure = f"![{title} bytes, Pareto front highlighted](pareto.png)\n\n"
     front = r.front.join(r.structures.select("structure", "label"), on="structure", how="left").select(
         "label", "number", "val_loss", "state_bytes"
     )
+    better = " (higher is better)" if r.info.maximize else ""
     return (
-        "## Val loss vs optimizer state: the Pareto front\n\n"
-        "The finished trials that no other trial beats on both val loss and optimizer state bytes.\n\n"
-        + (figure if "pareto.png" in drawn else "")
-        + table(front)
+        f"## {title}: the Pareto front\n\n"
+        f"The finished trials that no other trial beats on both {words}{better} and optimizer state "
+        "bytes.\n\n" + (figure if "pareto.png" in drawn else "") + table(front)
     )
+
+
+def _versus_section(r: Report) -> str:
+    """Each ``[recipes]`` label at its best lr against adamw at its own, paired over seeds."""
+    v = r.versus
+    if v.is_empty():
+        return ""
+    from optispace.report.scaling import REFERENCE
+
+    words, higher = r.info.objective_words, "higher" if r.info.maximize else "lower"
+    rows = v.rows(named=True)
+    ref = rows[0] if rows[0]["label"] == REFERENCE else None
+    sentences = [_versus_sentence(row, ref, words, r.info.maximize) for row in rows if row is not ref]
+    lead = (f"{REFERENCE} at its best lr ({fmt_lr(ref['best_lr'])}) reaches a {words} of "
+            f"{fmt_loss(ref['best_loss'])}{_seed_note(ref)}. " if ref else f"{REFERENCE} has not finished. ")
+    return (
+        f"## Recipes against {REFERENCE}\n\n"
+        f"Each recipe of the search at its best lr (by mean {words} over seeds; {higher} is better) "
+        f"against {REFERENCE} at its own best lr: *Δ* is the recipe's {words} minus {REFERENCE}'s, seed "
+        "by seed over the seeds both finished, averaged, with its standard error (sd / √n); *state* "
+        "is the optimizer state bytes. The best of several lrs is biased toward luck, more so with "
+        "fewer seeds.\n\n" + lead + " ".join(s for s in sentences if s) + "\n\n"
+        + table(v.rename({"label": "recipe label", "recipe": "trains", "difference": f"Δ vs {REFERENCE}"}))
+    )
+
+
+def _versus_sentence(row: dict, ref: dict | None, words: str, maximize: bool) -> str:
+    """One label's verdict in words: better, worse or not resolved against adamw, and its state."""
+    if row["difference"] is None or ref is None:
+        return f"{row['label']} shares no finished seed with adamw, so no paired difference is known."
+    d, se = row["difference"], row["difference_se"]
+    better = (d > 0) == maximize
+    resolved = se is not None and abs(d) > 2 * se
+    verdict = (f"{'better' if better else 'worse'} by {fmt_loss(abs(d))}" if resolved
+               else f"within two standard errors of it ({fmt_signed(d)})")
+    se_text = f", se {fmt_loss(se)}" if se is not None else ", so no standard error"
+    state = ""
+    if row["state_bytes"] is not None and ref["state_bytes"]:
+        state = f", with {row['state_bytes'] / ref['state_bytes']:.3g}x adamw's optimizer state"
+    return (f"{row['label']} (lr {fmt_lr(row['best_lr'])}) is {verdict} in {words} over "
+            f"{row['paired_seeds']} paired seed{'s' if row['paired_seeds'] != 1 else ''}{se_text}{state}.")
+
+
+def _seed_note(row: dict) -> str:
+    return f" (seed sd {fmt_loss(row['seed_sd'])})" if row["seed_sd"] is not None else ""
 
 
 def _sensitivity_section(r: Report, drawn: Collection[str]) -> str:

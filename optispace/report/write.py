@@ -37,7 +37,8 @@ def draw_figures(report: Report, out: Path) -> list[Path]:
         drawn.append(figures.map_figure(r.shares, out / "map.png"))
     if not r.front.is_empty():
         points = r.trials.filter(pl.col("val_loss").is_not_null() & pl.col("state_bytes").is_not_null())
-        drawn.append(figures.pareto_figure(points, r.front, r.structures, out / "pareto.png"))
+        drawn.append(figures.pareto_figure(points, r.front, r.structures, out / "pareto.png",
+                                           r.info.objective_words))
     if not r.top_sensitivity.is_empty():
         drawn.append(_sensitivity_figure(r, out / "sensitivity.png"))
     if not r.best_curves.is_empty():

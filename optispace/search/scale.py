@@ -11,8 +11,14 @@ the grid sampler enumerates the optimizer's choices under each point) and as the
 the fewest live trials (finished, running or queued), ties broken by grid order, so N trials cover
 the grid round by round, every point once per round. A trial retried after a SIGKILL or SIGTERM
 keeps its point (Optuna queues its parameters again), and a crashed trial's point is the one the
-next trial takes, so a resumed study still covers each point exactly once per round. Two workers
-that pick at the same instant may pick the same point (no lock is taken); one worker is exact.
+next trial takes, so a resumed study still covers each point exactly once per round.
+
+Workers choosing at the same instant take no lock (a journal file and a database alike): a trial
+first gives each running trial numbered below it that has no point yet the one that trial will
+choose, in number order, by this same rule, and then takes its own. The storage numbers trials
+under its own lock, so every trial below a chooser exists when it reads the study, and two trials
+choosing at once each count the other: the higher one by computing the lower one's choice, the
+lower one by ignoring (or, once written, counting) the higher one's, which avoids it.
 
 ``[scaling]``: the token budget per run is ``[proxy] tokens`` (or a ``tokens`` axis, or ``steps``
 times the point's tokens per step), or ``tokens_per_param`` times the point's parameter count (20
@@ -134,17 +140,23 @@ class ScaleGrid(PerTrialSampler):
         self._chosen: tuple[int, tuple] | None = None
 
     def choose(self, study: optuna.Study, trial: FrozenTrial) -> tuple:
-        """The point with the fewest live trials other than ``trial``; the first in grid order on ties."""
+        """The point with the fewest live trials other than ``trial``, the first in grid order on
+        ties, after the running trials numbered below it without a point take theirs (module doc)."""
         count = dict.fromkeys(self._points, 0)
+        choosing = 0
         for other in study.get_trials(deepcopy=False, states=_LIVE):
             if other.number == trial.number:
                 continue
-            queued = other.state == TrialState.WAITING
-            params = other.system_attrs.get("fixed_params", {}) if queued else other.params
-            point = point_of(params, self._axes)
+            # A queued retry, running or not, has its point in fixed_params before its params.
+            point = point_of({**other.system_attrs.get("fixed_params", {}), **other.params}, self._axes)
             if point in count:
                 count[point] += 1
-        return min(self._points, key=lambda p: (count[p], self._points.index(p)))
+            elif other.state == TrialState.RUNNING and other.number < trial.number:
+                choosing += 1
+        for _ in range(choosing + 1):  # theirs first (which takes which does not change the counts)
+            point = min(self._points, key=lambda p: (count[p], self._points.index(p)))
+            count[point] += 1
+        return point
 
     def infer_relative_search_space(
         self, study: optuna.Study, trial: FrozenTrial

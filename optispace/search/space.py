@@ -17,7 +17,7 @@ import optuna
 
 from optispace.chain import Chain, parse_chain
 from optispace.search.families import FAMILIES, WEIGHT_DECAY, Choice, uses
-from optispace.search.spec import ROLES, Number, Range, RoleSpace, SearchSpec, Values
+from optispace.search.spec import ROLES, Number, Range, RecipeChoice, RoleSpace, SearchSpec, Values
 from optispace.trial import without_idle
 
 
@@ -66,22 +66,24 @@ def sample_configuration(trial: optuna.Trial, spec: SearchSpec) -> Configuration
     return sample_recipe(trial, spec.recipes) if spec.recipes else sample(trial, spec.roles)
 
 
-def sample_recipe(trial: optuna.Trial, recipes: dict[str, Number]) -> Configuration:
-    """A named recipe (parameter ``recipe`` when there are several) at its defaults, and its lr
-    (parameter ``<recipe>.lr``) on every role; its chains are their own structure labels."""
+def sample_recipe(trial: optuna.Trial, recipes: dict[str, RecipeChoice]) -> Configuration:
+    """A ``[recipes]`` label (parameter ``recipe`` when there are several): its recipe with the
+    hyperparameters it gives, and its lr (parameter ``<label>.lr``) on every role; its chains are
+    their own structure labels."""
     from optispace.recipes import get_recipe
 
-    names = list(recipes)
-    name = names[0] if len(names) == 1 else trial.suggest_categorical("recipe", names)
-    lr = _suggest(trial, f"{name}.lr", recipes[name])
-    chains = get_recipe(name).chains()
+    labels = list(recipes)
+    label = labels[0] if len(labels) == 1 else trial.suggest_categorical("recipe", labels)
+    choice = recipes[label]
+    lr = _suggest(trial, f"{label}.lr", choice.lr)
+    chains = get_recipe(choice.recipe).chains(**choice.hyperparameters)
     return Configuration({role: Draw(str(chains[role]), str(chains[role]), lr, {}) for role in ROLES})
 
 
 def configurations(spec: SearchSpec) -> int:
     """How many distinct configurations an enumerable search holds (see :func:`grid_size`)."""
     if spec.recipes:
-        return sum(len(n.values) if isinstance(n, Values) else 1 for n in spec.recipes.values())
+        return sum(len(c.lr.values) if isinstance(c.lr, Values) else 1 for c in spec.recipes.values())
     return grid_size(spec.roles)
 
 

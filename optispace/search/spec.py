@@ -16,8 +16,10 @@ allowed. The layout (see ``searches/smoke.toml`` for a commented example)::
     [roles.<role>]  one of: chain = "text" | tie = "<role>" | <family> = [choices, ...]
                     and lr, beta1, beta2, weight_decay: a number (fixed), [low, high] (a range;
                     log-uniform for lr) or {values = [...]} (a choice among numbers)
-    [recipes]       instead of [roles]: named recipes (``optispace recipes``) compared as they
-                    are, each with its own lr, e.g. ``adamw = {lr = {values = [1e-3, 3e-3]}}``
+    [recipes]       instead of [roles]: named recipes (``optispace recipes``), each with its own lr,
+                    e.g. ``adamw = {lr = {values = [1e-3, 3e-3]}}``; the key is a label, ``recipe``
+                    names the recipe when it differs, other keys are its hyperparameters, e.g.
+                    ``ember_row = {recipe = "ember", bias_correction = "row", lr = 1e-3}``
 """
 
 from __future__ import annotations
@@ -28,11 +30,14 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from optispace.errors import UserError
 from optispace.search.families import FAMILIES, ROLE_SHAPES, incompatible_choice, uses
 from optispace.search.locate import key_lines, line_of
+
+if TYPE_CHECKING:
+    from optispace.recipes import Recipe
 
 ROLES = ("embed", "head", "matrix", "vector")
 #: Bounds that keep a typo from running for ever or exhausting memory (a study name must also fit
@@ -78,6 +83,15 @@ class RoleSpace:
     tie: str | None = None
     families: dict[str, tuple[str, ...]] = field(default_factory=dict)
     numbers: dict[str, Number] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RecipeChoice:
+    """One ``[recipes]`` entry: the recipe trained, its lr, and the hyperparameters given (only those)."""
+
+    recipe: str
+    lr: Number
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -133,8 +147,8 @@ class SearchSpec:
     roles: dict[str, RoleSpace]
     raw: dict[str, Any]
     scaling: ScalingSpec = ScalingSpec()
-    #: ``[recipes]``: recipe name -> its lr (then ``roles`` is empty).
-    recipes: dict[str, Number] = field(default_factory=dict)
+    #: ``[recipes]``: label -> the recipe, lr and hyperparameters it names (then ``roles`` is empty).
+    recipes: dict[str, RecipeChoice] = field(default_factory=dict)
 
 
 _MISSING = object()
@@ -618,20 +632,45 @@ def _roles(table: _Table) -> dict[str, RoleSpace]:
     return spaces
 
 
-def _recipes(table: _Table) -> dict[str, Number]:
-    """``[recipes]``: each a named recipe with its lr (a number, a range or ``{values = [...]}``)."""
+def _recipes(table: _Table) -> dict[str, RecipeChoice]:
+    """``[recipes]``: per label, a recipe (``recipe = "name"``; default: the label), its
+    hyperparameters (checked by the recipe) and its lr (a number, a range or ``{values = [...]}``)."""
     from optispace.recipes import RECIPES
 
     if not table.data:
         raise table.file.error(table.key, f"name at least one recipe: {', '.join(RECIPES)}")
     recipes = {}
-    for name in table.data:
+    for label in table.data:
+        entry = table.table(label)
+        name = entry.get("recipe", _one_of(tuple(RECIPES)), label)
         if name not in RECIPES:
-            raise table.error(name, f"unknown recipe; the recipes are {', '.join(RECIPES)}")
-        recipe = table.table(name)
-        recipes[name] = _number(recipe, "lr")
-        recipe.done(("lr",))
+            raise table.error(label, f"unknown recipe; the recipes are {', '.join(RECIPES)} (or name "
+                              'one with recipe = "..." and use this key as its label)')
+        recipe = RECIPES[name]
+        allowed = ("recipe", "lr", *recipe.defaults)
+        hyperparameters = {key: entry.get(key, _hyperparameter(recipe, key)) for key in recipe.defaults
+                           if key in entry.data}
+        try:
+            recipe.chains(**hyperparameters)
+        except ValueError as e:
+            raise table.error(label, str(e)) from None
+        resolved = recipe.resolve(hyperparameters)  # a TOML array as the tuple the recipe takes
+        recipes[label] = RecipeChoice(name, _number(entry, "lr"), {k: resolved[k] for k in hyperparameters})
+        entry.done(allowed)
     return recipes
+
+
+def _hyperparameter(recipe: Recipe, key: str) -> Callable[[Any], str | None]:
+    """A value of ``recipe``'s hyperparameter ``key`` that its chains build with."""
+
+    def check(value: Any) -> str | None:
+        try:
+            recipe.chains(**{key: value})
+        except ValueError as e:
+            return str(e)
+        return None
+
+    return check
 
 
 def _role(table: _Table) -> RoleSpace:
@@ -734,9 +773,9 @@ def _number(table: _Table, name: str) -> Number:
     return float(value)
 
 
-def _check_enumerable(file: _File, roles: dict[str, RoleSpace], recipes: dict[str, Number]) -> None:
+def _check_enumerable(file: _File, roles: dict[str, RoleSpace], recipes: dict[str, RecipeChoice]) -> None:
     numbers = {("roles", role, name): n for role, space in roles.items() for name, n in space.numbers.items()}
-    numbers.update({("recipes", recipe, "lr"): n for recipe, n in recipes.items()})
+    numbers.update({("recipes", label, "lr"): choice.lr for label, choice in recipes.items()})
     for key, number in numbers.items():
         if isinstance(number, Range):
             raise file.error(
