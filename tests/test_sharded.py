@@ -38,7 +38,8 @@ CHAINS = {
     "embed": "second_moment(row, bias_correction=row) > normalize(col) > shape_scale(match_rms_adamw)",
     "head": "second_moment(col, source=update) > normalize(rms)",
     "matrix": "momentum(0.9) > second_moment(scalar) > normalize(row) > clip_rms(0.5)",
-    "vector": "second_moment(row) > normalize(col) > normalize(row)",
+    "vector": "second_moment(full, bias_correction=row) > second_moment(row, bias_correction=row, "
+              "source=update) > normalize(row)",
 }
 RECIPE_NAMES = [*RECIPES, "chains"]
 
@@ -54,13 +55,16 @@ class Model(nn.Module):
 
 
 def grads(model: nn.Module, step: int) -> dict[str, torch.Tensor]:
-    """Seeded gradients; most token rows all zero, as in a batch that misses them."""
+    """Seeded gradients; most token rows all zero, as in a batch that misses them, and on the first step
+    the gain's first two entries (one rank's whole block at 2 ranks: a vector's row is seen elsewhere)."""
     gen = torch.Generator().manual_seed(step)
     out = {}
     for name, p in model.named_parameters():
         g = torch.randn(p.shape, generator=gen)
         if "wte" in name or "embed" in name:
             g[torch.rand(p.shape[0], generator=gen) < 0.7] = 0.0
+        if name == "gain" and step == 0:
+            g[:2] = 0.0
         out[name] = g
     return out
 
