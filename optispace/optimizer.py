@@ -11,6 +11,9 @@ bf16/fp16 parameters.
 State is allocated when the optimizer is built, exactly what the chains declare, in fp32 whatever
 the parameter's dtype, under stable names (``momentum.m``, ``second_moment.v``) plus ``step``, the
 parameter's own step count (a Python int), so a saved and resumed run continues bit for bit.
+
+Parameters sharded by FSDP2 (DTensors placed ``Shard(0)``) step on each rank's block, with state for
+the block, and shape-aware statistics summed over the shard group (``optispace.sharded``).
 """
 
 from __future__ import annotations
