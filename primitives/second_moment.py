@@ -36,6 +36,7 @@ from primitives.base import (
     check_finite,
     matrix_shape,
     register,
+    square_sum,
 )
 from primitives.momentum import check_beta
 
@@ -116,8 +117,9 @@ class SecondMoment(Primitive):
         if self.shape == "full":
             state["v"].mul_(beta2).addcmul_(x, x, value=1.0 - beta2)
             return self._divide_full(u, state, beta2, ctx)
+        touched = None
         if ctx.shard is not None:
-            touched = self._accumulate_shard(x.reshape(rows, cols), state, 1.0 - beta2, ctx, sums)
+            self._accumulate_shard(x.reshape(rows, cols), state, 1.0 - beta2, ctx, sums)
         else:
             # Rows of a zero direction need no update (exactly: p - s * 0 = p) unless a decay waits.
             sparse = (self.shape == "factored" and u is ctx.grad and ctx.final and ctx.param_scale == 1.0
@@ -138,16 +140,18 @@ class SecondMoment(Primitive):
         if ctx.shard is None:
             return None
         cut = ctx.shard.split
+        seen = self.bias_correction == "row" and cut == 1
+        across = self.shape in ("factored", "row" if cut == 1 else "col")
+        if not (seen or across or self.shape == "scalar"):
+            return None
         x = ctx.grad if self.source == "grad" else u
-        sq = x.reshape(matrix_shape(tuple(x.shape))).square()
-        parts = []
-        if self.bias_correction == "row" and cut == 1:
-            parts.append((x != 0).any().float().reshape(1))  # NaN counts, as in apply
-        if self.shape in ("factored", "row" if cut == 1 else "col"):
-            parts.append(sq.sum(dim=cut))
-        if self.shape in ("factored", "scalar"):
-            parts.append(sq.sum().reshape(1))
-        return torch.cat(parts) if parts else None
+        parts = [(x != 0).any().float().reshape(1)] if seen else []  # NaN counts, as in apply
+        if across:  # (and the total of a factored moment: the sum of these sums)
+            sums = torch.linalg.vector_norm(x.reshape(matrix_shape(tuple(x.shape))), dim=cut).square_()
+            parts += [sums, sums.sum().reshape(1)] if self.shape == "factored" else [sums]
+        if self.shape == "scalar":
+            parts.append(square_sum(x))
+        return torch.cat(parts)
 
     def _seen_cut(self, ctx: Context) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """``ctx.sums`` split: (was a vector's cut row seen on any rank, as a (1,) bool; the rest)."""
@@ -163,16 +167,15 @@ class SecondMoment(Primitive):
         if self.shape in ("factored", "scalar"):
             state["total"].lerp_(sums[-1] / (rows * cols), rate)
         if self.shape == "scalar":
-            return None
+            return
         across = None if sums is None else sums[: len(sums) - (self.shape == "factored")]
         cut = ctx.shard.split
         if self.shape in ("row", "factored"):
-            row_sq = across if cut == 1 else x2.square().sum(dim=1)
+            row_sq = across if cut == 1 else torch.linalg.vector_norm(x2, dim=1).square_()
             state["row"].lerp_(row_sq / cols, rate)
         if self.shape in ("col", "factored"):
-            col_sq = across if cut == 0 else x2.square().sum(dim=0)
+            col_sq = across if cut == 0 else torch.linalg.vector_norm(x2, dim=0).square_()
             state["col"].lerp_(col_sq / rows, rate)
-        return None
 
     def apply_many(self, us: list[torch.Tensor], states: list[dict[str, torch.Tensor]],
                    ctxs: list[Context]) -> list[torch.Tensor]:
