@@ -384,11 +384,12 @@ class Optimizer(torch.optim.Optimizer):
                              f"this optimizer's {ours}; build the optimizer with the recipe it was saved "
                              "with")
         super().load_state_dict(state_dict)
-        index = {id(p): i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
-        for group in self.param_groups:
+        # The saved groups list their parameters' keys in our order: indices, or names when the state
+        # comes from torch.distributed.checkpoint's set_optimizer_state_dict.
+        for group, saved_group in zip(self.param_groups, saved_groups, strict=True):
             chain = self._chain(group["chain"])
-            for p in group["params"]:
-                saved = state_dict["state"][index[id(p)]]
+            for p, key in zip(group["params"], saved_group["params"], strict=True):
+                saved = state_dict["state"][key]
                 for spec in chain.state_specs(tuple(p.shape)):
                     value = saved[spec.name]
                     self.state[p][spec.name] = value.to(device=p.device, dtype=spec.dtype, copy=True)

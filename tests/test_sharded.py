@@ -19,10 +19,12 @@ import socket
 import pytest
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 import torch.multiprocessing as mp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 from torch.distributed.tensor.debug import CommDebugMode
@@ -148,16 +150,20 @@ def ember_step_collectives(mesh) -> dict:
             "predicted": sum(p.shape[1] + 1 for p in tables)}
 
 
-def reloaded(mesh) -> bool:
-    """Does an Ember optimizer's state_dict load into a fresh one as the same DTensor and plain state?"""
+def reloaded(mesh, folder: str) -> bool:
+    """Does an Ember optimizer's state, saved by torch.distributed.checkpoint, load into a fresh one as
+    the same DTensor and plain state?"""
     torch.manual_seed(0)
     model = fully_shard(Model(), mesh=mesh)
     opt = optispace.Optimizer(model, "ember")
     for name, g in grads(model, 0).items():
         model.get_parameter(name).grad = distribute_tensor(g, mesh, [Shard(0)])
     opt.step()
+    dcp.save({"optim": get_optimizer_state_dict(model, opt)}, checkpoint_id=folder)
     fresh = optispace.Optimizer(model, "ember")
-    fresh.load_state_dict(copy.deepcopy(opt.state_dict()))
+    loaded = {"optim": get_optimizer_state_dict(model, fresh)}
+    dcp.load(loaded, checkpoint_id=folder)
+    set_optimizer_state_dict(model, fresh, loaded["optim"])
     pairs = [(a, fresh.state[p][k]) for p, state in opt.state.items() for k, a in state.items()
              if isinstance(a, torch.Tensor)]
     return all(type(a) is type(b) and torch.equal(*(t.to_local() if isinstance(t, DTensor) else t
@@ -197,7 +203,7 @@ def _rank(rank: int, world: int, folder: str) -> None:
         mesh = dist.device_mesh.init_device_mesh("cpu", (world,))
         result = {"errors": {recipe: compare(recipe, mesh) for recipe in RECIPE_NAMES},
                   "fused": compare("ember", mesh, fused=True), "trained": trained(mesh),
-                  "reloaded": reloaded(mesh),
+                  "reloaded": reloaded(mesh, os.path.join(folder, "checkpoint")),
                   "refusal": refusal(mesh), "ember": ember_step_collectives(mesh),
                   "state_bytes": state_bytes(mesh, world)}
     finally:
@@ -235,7 +241,7 @@ def test_fsdp2_training_follows_one_process(ranks):
         assert result["trained"] <= TOLERANCE
 
 
-def test_a_sharded_state_dict_loads_back_as_it_was(ranks):
+def test_a_checkpoint_of_sharded_state_loads_back_as_it_was(ranks):
     assert all(result["reloaded"] for result in ranks)
 
 
