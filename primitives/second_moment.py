@@ -376,7 +376,8 @@ def _part(t: torch.Tensor, block: slice | None) -> torch.Tensor:
 
 def _block_rows(cols: int, device: torch.device) -> int:
     """Rows of ``cols`` entries in a block (at least one)."""
-    return max(1, (_BLOCK_ELEMENTS if device.type == "cpu" else _DEVICE_BLOCK_ELEMENTS) // cols)
+    budget = _BLOCK_ELEMENTS if device.type == "cpu" else _DEVICE_BLOCK_ELEMENTS
+    return max(1, budget // max(1, cols))  # a block of an empty vector (a sharded one) has no columns
 
 
 def row_blocks(rows: int, cols: int, device: torch.device) -> list[slice | None]:

@@ -21,7 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("optispace.chain",),
     ("optispace.native",),
     ("optispace.fused",),
-    ("optispace.recipes",),
+    ("optispace.recipes", "optispace.sharded"),
     ("optispace.optimizer",),
     ("optispace",),  # the package's public API: Optimizer, RECIPES, parse_chain, ...
     ("optispace.proxies", "optispace.trial"),
