@@ -47,7 +47,7 @@ def load_checkpoint_model(path: Path, tier: Tier, corpus: dict) -> dict[str, tor
     and (when it says) was trained on the same corpus."""
     if not path.is_file():
         raise UserError(f"init: checkpoint {path} does not exist")
-    from optispace.proxies.train import CHECKPOINT_FORMAT
+    from optispace.proxies.checkpoint import FORMAT as CHECKPOINT_FORMAT
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
