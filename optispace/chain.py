@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -155,6 +155,22 @@ class Chain:
         for p, keys, deferrable, settled, final in self._positions():
             ctx.deferrable, ctx.param_settled, ctx.final = deferrable, settled, final
             u = p.apply(u, {f: state[k] for f, k in keys.items()}, ctx)
+        return u
+
+    def steps(self, u: torch.Tensor, state: dict[str, Any],
+              ctx: Context) -> Generator[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`apply` for one rank's block of a sharded parameter (``ctx.shard``), as a generator.
+
+        Before each primitive whose :meth:`~primitives.Primitive.partials` are not ``None`` it yields
+        them and expects their sum over the shard group back (``send``), which the primitive reads as
+        ``ctx.sums``; it returns the direction. The caller sums the yields of many parameters at once.
+        """
+        for p, keys, deferrable, settled, final in self._positions():
+            ctx.deferrable, ctx.param_settled, ctx.final = deferrable, settled, final
+            own = {f: state[k] for f, k in keys.items()}
+            partial = p.partials(u, own, ctx)
+            ctx.sums = None if partial is None else (yield partial)
+            u = p.apply(u, own, ctx)
         return u
 
     def apply_many(self, us: list[torch.Tensor], states: list[dict[str, Any]],

@@ -16,7 +16,7 @@ parameter's own step count (a Python int), so a saved and resumed run continues 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,10 +24,11 @@ import torch
 from torch import nn
 
 import optispace.fused as fused_step
+import optispace.sharded as sharded
 from optispace.chain import Chain, parse_chain
 from optispace.recipes import Recipe, check_lr, get_recipe
 from optispace.roles import ROLES, Override, assign_roles, check_role, token_roles_unknown
-from primitives import Context, Workspace
+from primitives import Context, Shard, Workspace
 
 RecipeSpec = str | Recipe | Mapping[str, str | Chain]
 _SMALL_CPU_TENSOR = 1 << 18  # elements (1 MiB of fp32): below it, kernel count beats memory reuse
@@ -208,7 +209,7 @@ class Optimizer(torch.optim.Optimizer):
         for p in group["params"]:
             state = self.state[p]
             if any(spec.name not in state for spec in chain.state_specs(tuple(p.shape))):
-                for name, value in chain.init_state(tuple(p.shape), p.device).items():
+                for name, value in _init_state(chain, p).items():
                     state.setdefault(name, value)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -235,10 +236,11 @@ class Optimizer(torch.optim.Optimizer):
                 chain.check_shape(tuple(p.shape))
             except ValueError as e:
                 raise ValueError(f"parameter {name!r} (role {role}, shape {tuple(p.shape)}): {e}") from None
+            sharded.shard_of(p, f"parameter {name!r}")
         param_group["params"] = params
         super().add_param_group(param_group)
         for p in self.param_groups[-1]["params"]:
-            self.state[p] = {"step": 0, **chain.init_state(tuple(p.shape), p.device)}
+            self.state[p] = {"step": 0, **_init_state(chain, p)}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # torch pickles defaults, state and param_groups (and the recipe, below): scratch buffers
@@ -253,27 +255,36 @@ class Optimizer(torch.optim.Optimizer):
         return {**super().__getstate__(), "_recipe": self._recipe}
 
     def state_bytes(self) -> dict[str, int]:
-        """Bytes of optimizer state per role, as allocated (equal to what the chains declare)."""
+        """Bytes of optimizer state per role, as allocated on this rank (equal to what the chains declare
+        for its blocks of sharded parameters; rank 0's equal ``sharded_state_bytes(...).per_rank``)."""
         return {
-            group["role"]: sum(v.nbytes for p in group["params"] for v in self.state[p].values()
-                               if isinstance(v, torch.Tensor))
+            group["role"]: sum(sharded.local(v).nbytes for p in group["params"]
+                               for v in self.state[p].values() if isinstance(v, torch.Tensor))
             for group in self.param_groups
         }
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One step for every parameter that has a gradient; the others are left alone."""
+        """One step for every parameter that has a gradient; the others are left alone.
+
+        Sharded (DTensor) parameters of every group step together at the end (``optispace.sharded``:
+        one all-reduce per round of partial sums), eagerly even under ``fused``.
+        """
         self._refresh_chains()
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        runs = []
         for group in self.param_groups:
             chain = self._chain(group["chain"])
             params = [p for p in group["params"] if p.grad is not None]
             if any(p.grad.is_sparse for p in params):
                 raise ValueError("optispace.Optimizer does not take sparse gradients (as from "
                                  "nn.Embedding(sparse=True))")
+            shards = [(p, sharded.shard_of(p)) for p in params]
+            runs += [(self._run(p, chain, group["lr"], shard), shard) for p, shard in shards if shard]
+            params = [p for p, shard in shards if shard is None]
             if group["fused"] and chain.fusable and params and len({p.device for p in params}) == 1:
                 self._step_fused(params, chain, group["lr"])
             elif _grouped(params, group["foreach"]):
@@ -281,6 +292,9 @@ class Optimizer(torch.optim.Optimizer):
             else:
                 for p in params:
                     self._step_one(p, chain, group["lr"])
+        if runs:
+            sharded.run(runs)
+            self._workspace.release()
         return loss
 
     def _chain(self, text: str) -> Chain:
@@ -325,20 +339,33 @@ class Optimizer(torch.optim.Optimizer):
         self._workspace.release()
 
     def _step_one(self, p: torch.Tensor, chain: Chain, lr: float) -> None:
+        for _ in self._run(p, chain, lr, None):  # a parameter that is not sharded never asks for sums
+            pass
+        self._workspace.release()
+
+    def _run(self, p: torch.Tensor, chain: Chain, lr: float,
+             shard: Shard | None) -> Generator[torch.Tensor, torch.Tensor, None]:
+        """One parameter's step, on this rank's block when ``shard``: yields the partial sums its
+        chain needs summed over the shard group and takes their sums (``Chain.steps``)."""
         state = self.state[p]
         state["step"] += 1
-        grad, work = p.grad, p
+        mine = sharded.local(p)
+        grad = sharded.local(p.grad)
         if grad.dtype != torch.float32:
-            grad = self._workspace.take(tuple(p.shape), p.device).copy_(grad)
-        if p.dtype in (torch.bfloat16, torch.float16):
-            work = self._workspace.take(tuple(p.shape), p.device).copy_(p)
-        ctx = Context(grad=grad, param=work, step=state["step"], lr=lr, workspace=self._workspace)
-        u = chain.apply(grad, state, ctx)
+            grad = self._workspace.take(tuple(mine.shape), p.device).copy_(grad)
+        work = mine
+        if mine.dtype in (torch.bfloat16, torch.float16):
+            work = self._workspace.take(tuple(mine.shape), p.device).copy_(mine)
+        ctx = Context(grad=grad, param=work, step=state["step"], lr=lr, workspace=self._workspace,
+                      shard=shard)
+        if shard is None:
+            u = chain.apply(grad, state, ctx)
+        else:
+            u = yield from chain.steps(grad, {k: sharded.local(v) for k, v in state.items()}, ctx)
         if not ctx.applied:
             ctx.update(work, u)
-        if work is not p:
-            p.copy_(work)
-        self._workspace.release()
+        if work is not mine:
+            mine.copy_(work)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's, for a checkpoint of the same chains; state keeps its declared dtype (fp32).
@@ -462,6 +489,13 @@ def _check_fused(fused: bool | None, foreach: bool | None, device: torch.device)
     reason = fused_step.unavailable(device) if fused else None
     if reason is not None:
         raise ValueError(f"fused=True needs torch.compile, which cannot run here: {reason}")
+
+
+def _init_state(chain: Chain, p: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The state ``chain`` declares for ``p``, zero-filled (for a sharded ``p``: its block's)."""
+    if sharded.shard_of(p) is not None:
+        return sharded.init_state(chain, p)
+    return chain.init_state(tuple(p.shape), p.device)
 
 
 def _refuse_sparse(model: nn.Module) -> None:

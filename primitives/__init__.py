@@ -8,6 +8,7 @@ from primitives.base import (
     Context,
     Primitive,
     PureContext,
+    Shard,
     StateSpec,
     Workspace,
     check_arg,
@@ -24,6 +25,6 @@ from primitives.sign import Sign
 
 __all__ = [
     "L2", "REGISTRY", "ClipRMS", "Context", "Momentum", "Normalize", "Orthogonalize", "Primitive",
-    "PureContext", "RelativeStep", "SecondMoment", "ShapeScale", "Sign", "StateSpec", "WeightDecay",
+    "PureContext", "RelativeStep", "SecondMoment", "Shard", "ShapeScale", "Sign", "StateSpec", "WeightDecay",
     "Workspace", "check_arg", "matrix_shape", "register",
 ]

@@ -79,6 +79,45 @@ class Workspace:
         self._taken.clear()
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Where a parameter's local block sits in the whole: FSDP2's ``Shard(0)`` over a 1-D mesh.
+
+    ``mesh`` is the ``DeviceMesh`` (its group is the shard group), ``shape`` the whole tensor's
+    shape, ``offset`` the first index along dim 0 held here (torch.chunk's split: the last ranks may
+    hold fewer entries, or none). On the (rows, columns) view (:func:`matrix_shape`) dim 0 is the rows
+    of a tensor of 2 or more dimensions and the columns of a vector: :attr:`split` says which.
+    """
+
+    mesh: Any
+    shape: tuple[int, ...]
+    offset: int
+
+    @property
+    def split(self) -> int:
+        """The axis of the (rows, columns) view the shard cuts: 0 (rows), 1 for a vector (columns)."""
+        return 0 if len(self.shape) >= 2 else 1
+
+    @property
+    def group(self) -> Any:
+        """The process group whose ranks hold the other blocks."""
+        return self.mesh.get_group()
+
+    def gather(self, local: torch.Tensor) -> torch.Tensor:
+        """The whole tensor from every rank's ``local`` block (one all-gather, DTensor's)."""
+        from torch.distributed.tensor import DTensor
+        from torch.distributed.tensor import Shard as DimShard
+
+        stride = torch.empty(self.shape, device="meta").stride()
+        whole = DTensor.from_local(local, self.mesh, [DimShard(0)], run_check=False, shape=self.shape,
+                                   stride=stride)
+        return whole.full_tensor()
+
+    def mine(self, whole: torch.Tensor, local_shape: tuple[int, ...]) -> torch.Tensor:
+        """This rank's block of ``whole``: ``local_shape[0]`` entries of dim 0 from :attr:`offset`."""
+        return whole[self.offset: self.offset + (local_shape[0] if local_shape else 0)]
+
+
 @dataclass
 class Context:
     """What a primitive may read besides ``u``.
@@ -101,6 +140,10 @@ class Context:
     parameter instead of two) when ``param_settled``, i.e. no later primitive reads ``param``.
     ``final`` (set by the optimizer's chain for the last primitive) allows the primitive to make the
     update itself, e.g. block by block while its direction is in cache; it then sets ``applied``.
+
+    ``shard`` is set when ``grad``, ``param`` and the state are one rank's block of a sharded
+    parameter (:class:`Shard`); ``sums`` then holds the sum over the shard group of what this
+    primitive's :meth:`Primitive.partials` returned (``None`` when it returned nothing).
     """
 
     grad: torch.Tensor
@@ -114,6 +157,8 @@ class Context:
     param_settled: bool = False
     final: bool = False
     applied: bool = False
+    shard: Shard | None = None
+    sums: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.step_size is None:
@@ -185,6 +230,11 @@ def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
     return shape[0], math.prod(shape[1:])
 
 
+def square_sum(t: torch.Tensor) -> torch.Tensor:
+    """``sum(t^2)`` as a 1-element fp32 vector: a shard's part of a norm (see :meth:`Primitive.partials`)."""
+    return t.float().square().sum().reshape(1)
+
+
 def check_arg(primitive: str, arg: str, value: Any, ok: bool, allowed: str) -> None:
     """Raise the house ``ValueError`` (primitive, argument, value, what is allowed) unless ``ok``."""
     if not ok:
@@ -243,6 +293,14 @@ class Primitive:
     def apply(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: Context) -> torch.Tensor:
         """Return the new direction. May update ``state`` (and, for decay, ``ctx.param``) in place."""
         raise NotImplementedError
+
+    def partials(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: Context) -> torch.Tensor | None:
+        """On a shard (``ctx.shard``): the local sums that :meth:`apply` needs summed over the shard
+        group, as one fp32 vector (their sum reaches ``apply`` as ``ctx.sums``); ``None``: none needed.
+
+        Called just before :meth:`apply`, with the same arguments. Elementwise primitives need none.
+        """
+        return None
 
     def apply_many(self, us: list[torch.Tensor], states: list[dict[str, torch.Tensor]],
                    ctxs: list[Context]) -> list[torch.Tensor]:

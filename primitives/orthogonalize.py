@@ -67,4 +67,8 @@ class Orthogonalize(Primitive):
                   "2-D (a matrix); give 1-D and N-D parameters a chain without orthogonalize")
 
     def apply(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: Context) -> torch.Tensor:
-        return newton_schulz(u, self.coefficients, self.steps, self.eps, DTYPES[self.dtype]).float()
+        # On a shard: gather the whole matrix (one all-gather of it), iterate, keep this rank's rows,
+        # as torch's Muon under FSDP; every rank repeats the iteration on the whole matrix.
+        whole = u if ctx.shard is None else ctx.shard.gather(u)
+        out = newton_schulz(whole, self.coefficients, self.steps, self.eps, DTYPES[self.dtype]).float()
+        return out if ctx.shard is None else ctx.shard.mine(out, tuple(u.shape))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from primitives.base import Context, Primitive, PureContext, check_finite, matrix_shape, register
+from primitives.base import Context, Primitive, PureContext, check_finite, matrix_shape, register, square_sum
 
 RULES = ("original", "match_rms_adamw")
 
@@ -36,7 +36,7 @@ class ShapeScale(Primitive):
         return 0.2 * math.sqrt(max(rows, cols))
 
     def apply(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: Context) -> torch.Tensor:
-        ctx.step_size *= self.factor(tuple(u.shape))
+        ctx.step_size *= self.factor(tuple(u.shape) if ctx.shard is None else ctx.shard.shape)
         return u
 
     def pure(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: PureContext,
@@ -64,8 +64,15 @@ class RelativeStep(Primitive):
     def validate(self) -> None:
         check_finite(self.name, "eps", self.eps, positive=False)
 
+    def partials(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: Context) -> torch.Tensor | None:
+        """On a shard: ``sum(p^2)``, its part of the whole parameter's norm."""
+        return None if ctx.shard is None else square_sum(ctx.param)
+
     def apply(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: Context) -> torch.Tensor:
         p = ctx.param
-        rms = p.norm(2).item() / p.numel() ** 0.5
+        if ctx.sums is None:
+            rms = p.norm(2).item() / p.numel() ** 0.5
+        else:  # the whole parameter's, from a shard's partial sums
+            rms = ctx.sums[0].sqrt().item() / math.prod(ctx.shard.shape) ** 0.5
         ctx.step_size = max(self.eps, rms) * min(ctx.step_size, 1.0 / ctx.step**0.5)
         return u

@@ -114,16 +114,52 @@ class SecondMoment(Primitive):
         if self.shape == "full":
             state["v"].mul_(beta2).addcmul_(x, x, value=1.0 - beta2)
             return self._divide_full(u, state, beta2, ctx)
-        # Rows of a zero direction need no update (exactly: p - s * 0 = p) unless a decay waits.
-        sparse = (self.shape == "factored" and u is ctx.grad and ctx.final and ctx.param_scale == 1.0
-                  and ctx.param.is_contiguous())
-        touched = self._accumulate(x.reshape(rows, cols), state, beta2, ctx, sparse)
+        if ctx.shard is not None:
+            touched = self._accumulate_shard(x.reshape(rows, cols), state, 1.0 - beta2, ctx)
+        else:
+            # Rows of a zero direction need no update (exactly: p - s * 0 = p) unless a decay waits.
+            sparse = (self.shape == "factored" and u is ctx.grad and ctx.final and ctx.param_scale == 1.0
+                      and ctx.param.is_contiguous())
+            touched = self._accumulate(x.reshape(rows, cols), state, beta2, ctx, sparse)
         u2 = u.reshape(rows, cols)
         if self.shape == "factored":
             return self._divide_factored(u2, state, beta2, ctx, touched).view(u.shape)
         out = ctx.buffer((rows, cols), u.device)
         torch.div(u2, self._eps(self._small_root(state, beta2, ctx.step), self.eps), out=out)
         return out.view(u.shape)
+
+    def partials(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: Context) -> torch.Tensor | None:
+        """On a shard: the sums of ``x^2`` across the cut axis (the column sums of a row block), then the
+        total for ``factored``; the total alone for ``scalar``; nothing for ``full`` or statistics
+        the block holds whole (``row`` of a row block)."""
+        cut = None if ctx.shard is None else ctx.shard.split
+        if cut is None or self.shape == "full" or (self.shape, cut) in (("row", 0), ("col", 1)):
+            return None
+        x = ctx.grad if self.source == "grad" else u
+        sq = x.reshape(matrix_shape(tuple(x.shape))).square()
+        if self.shape == "scalar":
+            return sq.sum().reshape(1)
+        across = sq.sum(dim=cut)
+        return torch.cat([across, sq.sum().reshape(1)]) if self.shape == "factored" else across
+
+    def _accumulate_shard(self, x2: torch.Tensor, state: dict[str, torch.Tensor], rate: float,
+                          ctx: Context) -> None:
+        """:meth:`_accumulate` on a block: sums across the cut from ``ctx.sums`` (:meth:`partials`),
+        the others from the block; means over the whole tensor's shape."""
+        rows, cols = matrix_shape(ctx.shard.shape)
+        if self.shape in ("factored", "scalar"):
+            state["total"].lerp_(ctx.sums[-1] / (rows * cols), rate)
+        if self.shape == "scalar":
+            return None
+        across = None if ctx.sums is None else ctx.sums[: len(ctx.sums) - (self.shape == "factored")]
+        cut = ctx.shard.split
+        if self.shape in ("row", "factored"):
+            row_sq = across if cut == 1 else x2.square().sum(dim=1)
+            state["row"].lerp_(row_sq / cols, rate)
+        if self.shape in ("col", "factored"):
+            col_sq = across if cut == 0 else x2.square().sum(dim=0)
+            state["col"].lerp_(col_sq / rows, rate)
+        return None
 
     def apply_many(self, us: list[torch.Tensor], states: list[dict[str, torch.Tensor]],
                    ctxs: list[Context]) -> list[torch.Tensor]:

@@ -1,0 +1,178 @@
+"""The optimizer on parameters sharded by FSDP2 (optispace/sharded.py and the primitives' partials):
+2 and 4 gloo ranks spawned by ``torch.multiprocessing``, each holding a ``fully_shard``-ed tiny GPT,
+step from the same gradients as one process stepping the whole model.
+
+Tolerance: elementwise primitives make the same float32 operations on each entry, so they agree bit
+for bit; a shape-aware one sums a statistic in another order (per shard, then over ranks) and its
+step differs by float32 rounding, ~1e-7 of the step. After 3 steps every parameter is within
+``TOLERANCE`` of its largest entry.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import Shard, distribute_tensor
+from torch.distributed.tensor.debug import CommDebugMode
+
+import optispace
+from optispace.proxies.model import GPT, ModelConfig
+from optispace.recipes import RECIPES
+
+TOLERANCE = 1e-6  # of each parameter's largest entry (module docstring)
+STEPS = 3
+# 67 token rows: divisible by neither 2 nor 4; the small table (5 rows) and the gain (3 entries)
+# leave the last of 4 ranks an empty block.
+CONFIG = ModelConfig(vocab_size=67, dim=16, layers=1, heads=2, seq_len=8)
+# The primitives and shapes no named recipe uses, each where a shard cuts it.
+CHAINS = {
+    "embed": "second_moment(row, bias_correction=row) > normalize(col) > shape_scale(match_rms_adamw)",
+    "head": "second_moment(col, source=update) > normalize(rms)",
+    "matrix": "momentum(0.9) > second_moment(scalar) > normalize(row) > clip_rms(0.5)",
+    "vector": "second_moment(row) > normalize(col) > normalize(row)",
+}
+RECIPE_NAMES = [*RECIPES, "chains"]
+
+
+class Model(nn.Module):
+    """The tiny GPT, a 5-row table and a 3-entry gain (empty blocks on the last of 4 ranks)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gpt = GPT(CONFIG)
+        self.small = nn.Embedding(5, 6)
+        self.gain = nn.Parameter(torch.randn(3))
+
+
+def grads(model: nn.Module, step: int) -> dict[str, torch.Tensor]:
+    """Seeded gradients; most token rows all zero, as in a batch that misses them."""
+    gen = torch.Generator().manual_seed(step)
+    out = {}
+    for name, p in model.named_parameters():
+        g = torch.randn(p.shape, generator=gen)
+        if "wte" in name or "embed" in name:
+            g[torch.rand(p.shape[0], generator=gen) < 0.7] = 0.0
+        out[name] = g
+    return out
+
+
+def optimizer(model: nn.Module, recipe: str) -> optispace.Optimizer:
+    if recipe == "chains":
+        return optispace.Optimizer(model, CHAINS, lr=1e-2)
+    return optispace.Optimizer(model, recipe)
+
+
+def compare(recipe: str, mesh) -> float:
+    """Worst |sharded - whole| / max|whole| over the parameters after ``STEPS`` steps."""
+    torch.manual_seed(0)
+    whole = Model()
+    parts = fully_shard(copy.deepcopy(whole), mesh=mesh)
+    ours, ref = optimizer(parts, recipe), optimizer(whole, recipe)
+    for step in range(STEPS):
+        for name, g in grads(whole, step).items():
+            whole.get_parameter(name).grad = g
+            parts.get_parameter(name).grad = distribute_tensor(g, mesh, [Shard(0)])
+        ref.step()
+        ours.step()
+    worst = 0.0
+    for name, p in parts.named_parameters():
+        full, expected = p.full_tensor(), whole.get_parameter(name)
+        worst = max(worst, ((full - expected).abs().max() / expected.abs().max()).item())
+    return worst
+
+
+def ember_step_collectives(mesh) -> dict:
+    """The collectives and all-reduced floats of one Ember step, and what the tables' D + 1 predict."""
+    torch.manual_seed(0)
+    model = fully_shard(Model(), mesh=mesh)
+    opt = optispace.Optimizer(model, "ember")
+    for name, g in grads(model, 0).items():
+        model.get_parameter(name).grad = distribute_tensor(g, mesh, [Shard(0)])
+    sizes = []
+    all_reduce = dist.all_reduce
+
+    def counted(tensor, *args, **kwargs):
+        sizes.append(tensor.numel())
+        return all_reduce(tensor, *args, **kwargs)
+
+    dist.all_reduce = counted
+    try:
+        with CommDebugMode() as comms:
+            opt.step()
+    finally:
+        dist.all_reduce = all_reduce
+    tables = [p for g in opt.param_groups if g["role"] in ("embed", "head") for p in g["params"]]
+    return {"collectives": comms.get_total_counts(), "sizes": sizes,
+            "predicted": sum(p.shape[1] + 1 for p in tables)}
+
+
+def state_bytes(mesh, world: int) -> dict:
+    """Allocated state bytes on this rank and ``sharded_state_bytes``' per-rank prediction, per recipe."""
+    torch.manual_seed(0)
+    model = fully_shard(Model(), mesh=mesh)
+    shapes: dict[str, list] = {}
+    out = {}
+    for recipe in ("adamw", "ember", "adafactor"):
+        opt = optispace.Optimizer(model, recipe)
+        for group in opt.param_groups:
+            shapes[group["role"]] = [tuple(p.shape) for p in group["params"]]
+        out[recipe] = {"allocated": opt.state_bytes(),
+                       "predicted": optispace.sharded_state_bytes(shapes, world, recipe).per_rank}
+    return out
+
+
+def _rank(rank: int, world: int, folder: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        mesh = dist.device_mesh.init_device_mesh("cpu", (world,))
+        result = {"errors": {recipe: compare(recipe, mesh) for recipe in RECIPE_NAMES},
+                  "ember": ember_step_collectives(mesh), "state_bytes": state_bytes(mesh, world)}
+    finally:
+        dist.destroy_process_group()
+    with open(os.path.join(folder, f"{rank}.json"), "w") as f:
+        json.dump(result, f)
+
+
+@pytest.fixture(scope="module", params=[2, 4])
+def ranks(request, tmp_path_factory) -> list[dict]:
+    """Each rank's results (``_rank``) for a world of 2, then 4."""
+    world = request.param
+    folder = tmp_path_factory.mktemp(f"world{world}")
+    with socket.socket() as s:  # a free port for the rendezvous of torch's env:// init
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    mp.spawn(_rank, args=(world, str(folder)), nprocs=world)
+    return [json.loads((folder / f"{r}.json").read_text()) for r in range(world)]
+
+
+@pytest.mark.parametrize("recipe", RECIPE_NAMES)
+def test_a_sharded_step_is_the_whole_step(ranks, recipe):
+    for rank, result in enumerate(ranks):
+        assert result["errors"][recipe] <= TOLERANCE, (rank, result["errors"])
+
+
+def test_ember_sums_all_tables_in_one_all_reduce_per_step(ranks):
+    for result in ranks:
+        ember = result["ember"]
+        assert ember["collectives"] == 1
+        assert ember["sizes"] == [ember["predicted"]]
+
+
+def test_state_bytes_per_rank_is_the_prediction(ranks):
+    """Rank 0 holds full ceil(d0/world) blocks: what the prediction counts; the others hold no more."""
+    for rank, result in enumerate(ranks):
+        for recipe, counts in result["state_bytes"].items():
+            for role, predicted in counts["predicted"].items():
+                allocated = counts["allocated"][role]
+                assert allocated == predicted if rank == 0 else allocated <= predicted, (recipe, role, rank)
