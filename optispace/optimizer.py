@@ -381,11 +381,14 @@ class Optimizer(torch.optim.Optimizer):
                              f"this optimizer's {ours}; build the optimizer with the recipe it was saved "
                              "with")
         super().load_state_dict(state_dict)
+        # torch matches saved parameters to ours by position; their keys are numbers, or names when
+        # the dict comes from torch.distributed.checkpoint's set_state_dict
+        keys = [key for group in saved_groups for key in group["params"]]
         index = {id(p): i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
         for group in self.param_groups:
             chain = self._chain(group["chain"])
             for p in group["params"]:
-                saved = state_dict["state"][index[id(p)]]
+                saved = state_dict["state"][keys[index[id(p)]]]
                 for spec in chain.state_specs(tuple(p.shape)):
                     value = saved[spec.name]
                     self.state[p][spec.name] = value.to(device=p.device, dtype=spec.dtype, copy=True)
