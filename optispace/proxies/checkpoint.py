@@ -11,6 +11,7 @@ rank keeping its own shard of every whole tensor.
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +94,7 @@ def read(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(file, map_location="cpu", weights_only=False)
     except Exception as e:  # torch raises many kinds (pickle, zip, EOF) for a file it cannot read
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"resume: cannot read {path} as a checkpoint ({reason})") from None
+        raise UserError(f"resume: cannot read {path} as a checkpoint ({_reason(e)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"resume: {path} is not an optispace checkpoint of format {FORMAT}")
     return state
@@ -104,6 +104,8 @@ def restore(path: Path, state: dict[str, Any], model: nn.Module, optimizer: torc
             sharded: bool) -> None:
     """Load the model's and optimizer's state of checkpoint ``path`` (``state``: what ``read`` gave)
     into this run, resharding to its world size; ``UserError`` when that cannot be done."""
+    from torch.distributed.checkpoint import CheckpointException
+
     try:
         if path.is_dir():
             _restore_folder(path, model, optimizer)
@@ -112,10 +114,17 @@ def restore(path: Path, state: dict[str, Any], model: nn.Module, optimizer: torc
         else:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as e:  # DCP wraps its ranks' errors in a RuntimeError
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"resume: {path} cannot be loaded into this run ({reason}); resume it with the "
-                        "number of processes and --parallel it was saved with") from None
+    except (CheckpointException, RuntimeError, ValueError, KeyError, OSError) as e:
+        raise UserError(f"resume: {path} cannot be loaded into this run ({_reason(e)})") from None
+
+
+def _reason(e: BaseException) -> str:
+    """The first line of what went wrong; for DCP's error, of the first failed rank's."""
+    failures = getattr(e, "failures", None)
+    if failures:
+        e = next(iter(failures.values()))[0]
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _restore_folder(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -125,7 +134,9 @@ def _restore_folder(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
 
     model_state, optimizer_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optimizer": optimizer_state}
-    dcp.load(state, checkpoint_id=path, no_dist=not dist.is_initialized())  # one process reads it all
+    with warnings.catch_warnings():  # one process reading every shard is meant; DCP warns all the same
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=path, no_dist=not dist.is_initialized())
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
 
