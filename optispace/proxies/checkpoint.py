@@ -88,6 +88,8 @@ def _replace_folder(new: Path, path: Path) -> None:
 
 def read(path: Path) -> dict[str, Any]:
     """A checkpoint's progress (and, for a file, its tensors); ``UserError`` when it is not one."""
+    if path.is_dir() and not is_folder(path):
+        raise UserError(f"resume: {path} is a folder with no {META}, not a checkpoint folder")
     file = path / META if path.is_dir() else path
     if not file.is_file():
         raise UserError(f"resume: checkpoint {path} does not exist")
