@@ -359,7 +359,7 @@ def row_blocks(rows: int, cols: int, device: torch.device) -> list[slice | None]
     Several blocks only happen for CPU tensors of more than one row, which have 2 or more
     dimensions, so a block of rows of the (rows, columns) view is a slice of the first dimension.
     """
-    step = max(1, _BLOCK_ELEMENTS // cols)
+    step = max(1, _BLOCK_ELEMENTS // max(1, cols))  # a block of an empty vector has no columns
     if device.type != "cpu" or rows <= step:
         return [None]
     return [slice(lo, min(lo + step, rows)) for lo in range(0, rows, step)]

@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import Shard, distribute_tensor
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 from torch.distributed.tensor.debug import CommDebugMode
 
 import optispace
@@ -65,18 +65,18 @@ def grads(model: nn.Module, step: int) -> dict[str, torch.Tensor]:
     return out
 
 
-def optimizer(model: nn.Module, recipe: str) -> optispace.Optimizer:
+def optimizer(model: nn.Module, recipe: str, **options) -> optispace.Optimizer:
     if recipe == "chains":
-        return optispace.Optimizer(model, CHAINS, lr=1e-2)
-    return optispace.Optimizer(model, recipe)
+        return optispace.Optimizer(model, CHAINS, lr=1e-2, **options)
+    return optispace.Optimizer(model, recipe, **options)
 
 
-def compare(recipe: str, mesh) -> float:
+def compare(recipe: str, mesh, **options) -> float:
     """Worst |sharded - whole| / max|whole| over the parameters after ``STEPS`` steps."""
     torch.manual_seed(0)
     whole = Model()
     parts = fully_shard(copy.deepcopy(whole), mesh=mesh)
-    ours, ref = optimizer(parts, recipe), optimizer(whole, recipe)
+    ours, ref = optimizer(parts, recipe, **options), optimizer(whole, recipe)
     for step in range(STEPS):
         for name, g in grads(whole, step).items():
             whole.get_parameter(name).grad = g
@@ -115,6 +115,33 @@ def ember_step_collectives(mesh) -> dict:
             "predicted": sum(p.shape[1] + 1 for p in tables)}
 
 
+def reloaded(mesh) -> bool:
+    """Does an Ember optimizer's state_dict load into a fresh one as the same DTensor and plain state?"""
+    torch.manual_seed(0)
+    model = fully_shard(Model(), mesh=mesh)
+    opt = optispace.Optimizer(model, "ember")
+    for name, g in grads(model, 0).items():
+        model.get_parameter(name).grad = distribute_tensor(g, mesh, [Shard(0)])
+    opt.step()
+    fresh = optispace.Optimizer(model, "ember")
+    fresh.load_state_dict(copy.deepcopy(opt.state_dict()))
+    pairs = [(a, fresh.state[p][k]) for p, state in opt.state.items() for k, a in state.items()
+             if isinstance(a, torch.Tensor)]
+    return all(type(a) is type(b) and torch.equal(*(t.to_local() if isinstance(t, DTensor) else t
+                                                     for t in (a, b))) for a, b in pairs)
+
+
+def refusal(mesh) -> str:
+    """The error for a parameter placed otherwise than FSDP2's Shard(0)."""
+    layer = nn.Linear(4, 4)
+    layer.weight = nn.Parameter(distribute_tensor(layer.weight.detach(), mesh, [Replicate()]))
+    try:
+        optispace.Optimizer(layer, "adamw")
+    except ValueError as e:
+        return str(e)
+    return ""
+
+
 def state_bytes(mesh, world: int) -> dict:
     """Allocated state bytes on this rank and ``sharded_state_bytes``' per-rank prediction, per recipe."""
     torch.manual_seed(0)
@@ -136,7 +163,9 @@ def _rank(rank: int, world: int, folder: str) -> None:
     try:
         mesh = dist.device_mesh.init_device_mesh("cpu", (world,))
         result = {"errors": {recipe: compare(recipe, mesh) for recipe in RECIPE_NAMES},
-                  "ember": ember_step_collectives(mesh), "state_bytes": state_bytes(mesh, world)}
+                  "fused": compare("ember", mesh, fused=True), "reloaded": reloaded(mesh),
+                  "refusal": refusal(mesh), "ember": ember_step_collectives(mesh),
+                  "state_bytes": state_bytes(mesh, world)}
     finally:
         dist.destroy_process_group()
     with open(os.path.join(folder, f"{rank}.json"), "w") as f:
@@ -160,6 +189,20 @@ def ranks(request, tmp_path_factory) -> list[dict]:
 def test_a_sharded_step_is_the_whole_step(ranks, recipe):
     for rank, result in enumerate(ranks):
         assert result["errors"][recipe] <= TOLERANCE, (rank, result["errors"])
+
+
+def test_fused_steps_sharded_parameters_eagerly(ranks):
+    for result in ranks:
+        assert result["fused"] <= TOLERANCE
+
+
+def test_a_sharded_state_dict_loads_back_as_it_was(ranks):
+    assert all(result["reloaded"] for result in ranks)
+
+
+def test_a_placement_other_than_fsdp2s_is_refused(ranks):
+    for result in ranks:
+        assert "Replicate()" in result["refusal"] and "(Shard(0),) on a 1-D mesh" in result["refusal"]
 
 
 def test_ember_sums_all_tables_in_one_all_reduce_per_step(ranks):
