@@ -32,6 +32,7 @@ def test_a_sharded_run_writes_a_new_or_empty_folder_or_replaces_a_checkpoint_fol
 def test_a_replaced_folder_holds_the_last_save_and_nothing_is_left_beside_it(tmp_path_factory, saves):
     root = tmp_path_factory.mktemp("swap")
     path = root / "run"
+    path.write_bytes(b"a file checkpoint of an earlier run")
     for i, data in enumerate(saves):
         new = root / ".run.tmp"
         new.mkdir()

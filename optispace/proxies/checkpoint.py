@@ -75,15 +75,21 @@ def _save_folder(path: Path, progress: dict[str, Any], model: nn.Module,
 
 
 def _replace_folder(new: Path, path: Path) -> None:
-    """Put folder ``new`` at ``path``; at every moment ``path`` is absent or a whole checkpoint."""
+    """Put folder ``new`` at ``path`` (where the last checkpoint, a folder or a file, may be); at
+    every moment ``path`` is absent or a whole checkpoint."""
     old = path.with_name(f".{path.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
+    _remove(old)
     if path.exists():
         path.rename(old)
     new.rename(path)
-    if old.exists():
-        shutil.rmtree(old)
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
 
 
 def read(path: Path) -> dict[str, Any]:
