@@ -204,7 +204,8 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, int, float], None] | None = 
           checkpoint: str | Path | None = None, resume: str | Path | None = None) -> RunRecord:
     """Train ``cfg`` and return its record. ``on_eval(step, tokens, val_loss)`` runs after each
     evaluation and may raise (e.g. optuna.TrialPruned) out of ``train``; divergence never raises.
-    ``checkpoint``: a file rewritten at each evaluation; ``resume``: such a file to continue from.
+    ``checkpoint``: a file (under FSDP2 a folder, ``optispace.proxies.checkpoint``) rewritten at each
+    evaluation; ``resume``: such a file or folder to continue from, made at any world size.
 
     In a process group of several ranks (``optispace.proxies.distributed``) the run is data-parallel
     on the same global batch, DDP or FSDP2 (``cfg.parallel``); only rank 0 writes the checkpoint
