@@ -11,6 +11,9 @@ bf16/fp16 parameters.
 State is allocated when the optimizer is built, exactly what the chains declare, in fp32 whatever
 the parameter's dtype, under stable names (``momentum.m``, ``second_moment.v``) plus ``step``, the
 parameter's own step count (a Python int), so a saved and resumed run continues bit for bit.
+
+Parameters sharded by FSDP2 (DTensors placed ``Shard(0)``) step on each rank's block, with state for
+the block, and shape-aware statistics summed over the shard group (``optispace.sharded``).
 """
 
 from __future__ import annotations
@@ -381,14 +384,12 @@ class Optimizer(torch.optim.Optimizer):
                              f"this optimizer's {ours}; build the optimizer with the recipe it was saved "
                              "with")
         super().load_state_dict(state_dict)
-        # torch matches saved parameters to ours by position; their keys are numbers, or names when
-        # the dict comes from torch.distributed.checkpoint's set_state_dict
-        keys = [key for group in saved_groups for key in group["params"]]
-        index = {id(p): i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
-        for group in self.param_groups:
+        # The saved groups list their parameters' keys in our order: indices, or names when the state
+        # comes from torch.distributed.checkpoint's set_optimizer_state_dict.
+        for group, saved_group in zip(self.param_groups, saved_groups, strict=True):
             chain = self._chain(group["chain"])
-            for p in group["params"]:
-                saved = state_dict["state"][keys[index[id(p)]]]
+            for p, key in zip(group["params"], saved_group["params"], strict=True):
+                saved = state_dict["state"][key]
                 for spec in chain.state_specs(tuple(p.shape)):
                     value = saved[spec.name]
                     self.state[p][spec.name] = value.to(device=p.device, dtype=spec.dtype, copy=True)

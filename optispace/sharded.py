@@ -19,14 +19,12 @@ total) is the same on every rank and stays a plain tensor. So ``state_dict()`` h
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Generator
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor
-from torch.distributed.tensor import Shard as DimShard
-from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
 from optispace.chain import Chain
 from primitives import Shard
@@ -34,9 +32,16 @@ from primitives import Shard
 Run = Generator[torch.Tensor, torch.Tensor, None]
 
 
+def is_dtensor(t: Any) -> bool:
+    """Is ``t`` a DTensor? Asked without importing ``torch.distributed.tensor`` (seconds of a CLI's
+    start): no DTensor exists before that module is loaded."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(t, module.DTensor)
+
+
 def local(t: Any) -> Any:
     """A DTensor's block on this rank; anything else as it is."""
-    return t.to_local() if isinstance(t, DTensor) else t
+    return t.to_local() if is_dtensor(t) else t
 
 
 def shard_of(p: torch.Tensor, name: str = "parameter") -> Shard | None:
@@ -44,8 +49,11 @@ def shard_of(p: torch.Tensor, name: str = "parameter") -> Shard | None:
 
     ``ValueError`` for a placement other than FSDP2's (``Shard(0)`` on a 1-D mesh).
     """
-    if not isinstance(p, DTensor):
+    if not is_dtensor(p):
         return None
+    from torch.distributed.tensor import Shard as DimShard
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
     if p.device_mesh.ndim != 1 or tuple(p.placements) != (DimShard(0),):
         raise ValueError(f"{name}: a DTensor placed {tuple(p.placements)} on a {p.device_mesh.ndim}-D mesh; "
                          "optispace.Optimizer steps DTensors placed (Shard(0),) on a 1-D mesh (FSDP2's "
@@ -54,9 +62,12 @@ def shard_of(p: torch.Tensor, name: str = "parameter") -> Shard | None:
     return Shard(p.device_mesh, tuple(p.shape), offset[0] if offset else 0)
 
 
-def init_state(chain: Chain, p: DTensor) -> dict[str, torch.Tensor]:
-    """The state ``chain`` declares for this rank's block of ``p``: ``Shard(0)`` DTensors where dim 0
-    follows the parameter's, plain (replicated) tensors where it does not."""
+def init_state(chain: Chain, p: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The state ``chain`` declares for this rank's block of DTensor ``p``: ``Shard(0)`` DTensors where
+    dim 0 follows the parameter's, plain (replicated) tensors where it does not."""
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor import Shard as DimShard
+
     block = tuple(p.to_local().shape)
     whole = {s.name: s.shape for s in chain.state_specs(tuple(p.shape))}
     # A state follows dim 0 when its shape moves with the parameter's dim 0: try one row more.

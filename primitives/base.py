@@ -113,9 +113,9 @@ class Shard:
                                    stride=stride)
         return whole.full_tensor()
 
-    def mine(self, whole: torch.Tensor, local_shape: tuple[int, ...]) -> torch.Tensor:
-        """This rank's block of ``whole``: ``local_shape[0]`` entries of dim 0 from :attr:`offset`."""
-        return whole[self.offset: self.offset + (local_shape[0] if local_shape else 0)]
+    def mine(self, whole: torch.Tensor, n: int) -> torch.Tensor:
+        """This rank's block of ``whole``: ``n`` entries of dim 0 from :attr:`offset`."""
+        return whole[self.offset: self.offset + n]
 
 
 @dataclass
@@ -232,7 +232,7 @@ def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
 
 def square_sum(t: torch.Tensor) -> torch.Tensor:
     """``sum(t^2)`` as a 1-element fp32 vector: a shard's part of a norm (see :meth:`Primitive.partials`)."""
-    return t.float().square().sum().reshape(1)
+    return torch.linalg.vector_norm(t.float()).square_().reshape(1)
 
 
 def check_arg(primitive: str, arg: str, value: Any, ok: bool, allowed: str) -> None:

@@ -46,7 +46,7 @@ class Normalize(Primitive):
         dim = 1 if self.kind == "row" else 0
         if dim != ctx.shard.split:
             return None
-        return u.reshape(matrix_shape(tuple(u.shape))).square().sum(dim=dim)
+        return torch.linalg.vector_norm(u.reshape(matrix_shape(tuple(u.shape))), dim=dim).square_()
 
     def apply(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: Context) -> torch.Tensor:
         if self.kind == "rms":

@@ -71,4 +71,4 @@ class Orthogonalize(Primitive):
         # as torch's Muon under FSDP; every rank repeats the iteration on the whole matrix.
         whole = u if ctx.shard is None else ctx.shard.gather(u)
         out = newton_schulz(whole, self.coefficients, self.steps, self.eps, DTYPES[self.dtype]).float()
-        return out if ctx.shard is None else ctx.shard.mine(out, tuple(u.shape))
+        return out if ctx.shard is None else ctx.shard.mine(out, u.shape[0])

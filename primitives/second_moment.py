@@ -36,6 +36,7 @@ from primitives.base import (
     check_finite,
     matrix_shape,
     register,
+    square_sum,
 )
 from primitives.momentum import check_beta
 
@@ -108,14 +109,17 @@ class SecondMoment(Primitive):
         beta2 = self._beta2(ctx.step)
         x = ctx.grad if self.source == "grad" else u
         rows, cols = matrix_shape(tuple(u.shape))
+        seen_cut, sums = self._seen_cut(ctx)
         if self.bias_correction == "row":
-            seen = torch.linalg.vector_norm(x.reshape(rows, cols), ord=math.inf, dim=1) > 0
+            seen = seen_cut if seen_cut is not None else (
+                torch.linalg.vector_norm(x.reshape(rows, cols), ord=math.inf, dim=1) > 0)
             state["count"].add_(seen)
         if self.shape == "full":
             state["v"].mul_(beta2).addcmul_(x, x, value=1.0 - beta2)
             return self._divide_full(u, state, beta2, ctx)
+        touched = None
         if ctx.shard is not None:
-            touched = self._accumulate_shard(x.reshape(rows, cols), state, 1.0 - beta2, ctx)
+            self._accumulate_shard(x.reshape(rows, cols), state, 1.0 - beta2, ctx, sums)
         else:
             # Rows of a zero direction need no update (exactly: p - s * 0 = p) unless a decay waits.
             sparse = (self.shape == "factored" and u is ctx.grad and ctx.final and ctx.param_scale == 1.0
@@ -129,37 +133,49 @@ class SecondMoment(Primitive):
         return out.view(u.shape)
 
     def partials(self, u: torch.Tensor, state: dict[str, torch.Tensor], ctx: Context) -> torch.Tensor | None:
-        """On a shard: the sums of ``x^2`` across the cut axis (the column sums of a row block), then the
-        total for ``factored``; the total alone for ``scalar``; nothing for ``full`` or statistics
-        the block holds whole (``row`` of a row block)."""
-        cut = None if ctx.shard is None else ctx.shard.split
-        if cut is None or self.shape == "full" or (self.shape, cut) in (("row", 0), ("col", 1)):
+        """On a shard, what is summed over the group, in order: whether the block has an entry other than
+        0 (``bias_correction=row`` on a vector, whose one row is cut); the sums of ``x^2`` across the
+        cut axis (the column sums of a row block; not for ``full``, ``scalar``, or a statistic the
+        block holds whole, as ``row`` of a row block); the total (``factored``, ``scalar``)."""
+        if ctx.shard is None:
+            return None
+        cut = ctx.shard.split
+        seen = self.bias_correction == "row" and cut == 1
+        across = self.shape in ("factored", "row" if cut == 1 else "col")
+        if not (seen or across or self.shape == "scalar"):
             return None
         x = ctx.grad if self.source == "grad" else u
-        sq = x.reshape(matrix_shape(tuple(x.shape))).square()
+        parts = [(x != 0).any().float().reshape(1)] if seen else []  # NaN counts, as in apply
+        if across:  # (and the total of a factored moment: the sum of these sums)
+            sums = torch.linalg.vector_norm(x.reshape(matrix_shape(tuple(x.shape))), dim=cut).square_()
+            parts += [sums, sums.sum().reshape(1)] if self.shape == "factored" else [sums]
         if self.shape == "scalar":
-            return sq.sum().reshape(1)
-        across = sq.sum(dim=cut)
-        return torch.cat([across, sq.sum().reshape(1)]) if self.shape == "factored" else across
+            parts.append(square_sum(x))
+        return torch.cat(parts)
+
+    def _seen_cut(self, ctx: Context) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``ctx.sums`` split: (was a vector's cut row seen on any rank, as a (1,) bool; the rest)."""
+        if ctx.sums is None or not (self.bias_correction == "row" and ctx.shard.split == 1):
+            return None, ctx.sums
+        return ctx.sums[:1] > 0, (ctx.sums[1:] if len(ctx.sums) > 1 else None)
 
     def _accumulate_shard(self, x2: torch.Tensor, state: dict[str, torch.Tensor], rate: float,
-                          ctx: Context) -> None:
-        """:meth:`_accumulate` on a block: sums across the cut from ``ctx.sums`` (:meth:`partials`),
-        the others from the block; means over the whole tensor's shape."""
+                          ctx: Context, sums: torch.Tensor | None) -> None:
+        """:meth:`_accumulate` on a block: sums across the cut and the total from ``sums`` (the group's
+        sums of :meth:`partials`), the others from the block; means over the whole tensor's shape."""
         rows, cols = matrix_shape(ctx.shard.shape)
         if self.shape in ("factored", "scalar"):
-            state["total"].lerp_(ctx.sums[-1] / (rows * cols), rate)
+            state["total"].lerp_(sums[-1] / (rows * cols), rate)
         if self.shape == "scalar":
-            return None
-        across = None if ctx.sums is None else ctx.sums[: len(ctx.sums) - (self.shape == "factored")]
+            return
+        across = None if sums is None else sums[: len(sums) - (self.shape == "factored")]
         cut = ctx.shard.split
         if self.shape in ("row", "factored"):
-            row_sq = across if cut == 1 else x2.square().sum(dim=1)
+            row_sq = across if cut == 1 else torch.linalg.vector_norm(x2, dim=1).square_()
             state["row"].lerp_(row_sq / cols, rate)
         if self.shape in ("col", "factored"):
-            col_sq = across if cut == 0 else x2.square().sum(dim=0)
+            col_sq = across if cut == 0 else torch.linalg.vector_norm(x2, dim=0).square_()
             state["col"].lerp_(col_sq / rows, rate)
-        return None
 
     def apply_many(self, us: list[torch.Tensor], states: list[dict[str, torch.Tensor]],
                    ctxs: list[Context]) -> list[torch.Tensor]:
