@@ -1,12 +1,13 @@
-"""Training throughput of ``optispace train --nproc N`` (DDP over gloo on CPU) against one process,
-measured in the same run.
+"""Training throughput of ``optispace train --nproc N`` (DDP, then FSDP2, over gloo on CPU) against
+one process, measured in the same run.
 
     .venv/bin/python bench/bench_ddp.py [--proxy small] [--steps 40] [--nproc 2] [--repeats 2]
 
 Each repeat runs, in turn (so load from other processes hits all alike): the anchor, one process
-with one thread; one process with torch's default threads; N ranks with ``cores / N`` threads each.
-Printed: each one's median tokens/s (training steps only, as ``optispace train`` counts them) and
-its ratio to the anchor. The global batch is the same in all three.
+with one thread; one process with torch's default threads; N ranks with ``cores / N`` threads each,
+under ``--parallel ddp`` and under ``--parallel fsdp2``. Printed: each one's median tokens/s
+(training steps only, as ``optispace train`` counts them) and its ratio to the anchor. The global
+batch is the same in all four.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def main() -> None:
     cases = {
         "1 process, 1 thread (anchor)": (run, base | {"OMP_NUM_THREADS": "1"}),
         "1 process, torch's default threads": (run, base),
-        f"{args.nproc} ranks (--nproc {args.nproc})": ([*run, "--nproc", str(args.nproc)], base),
+        **{f"{args.nproc} ranks, --parallel {parallel}": ([*run, "--nproc", str(args.nproc), "--parallel",
+                                                           parallel], base) for parallel in ("ddp", "fsdp2")},
     }
     rates: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(args.repeats):

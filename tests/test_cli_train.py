@@ -45,7 +45,8 @@ def test_checkpoint_then_resume(tmp_path, capsys):
     (["--device", "cuda"], "cuda"),
     (["--probes", "nonesuch"], "probe"),
     (["--out", "/no/such/folder/run.json"], "--out"),
-    (["--resume", "/no/such/run.pt"], "--resume: /no/such/run.pt is not a checkpoint file"),
+    (["--resume", "/no/such/run.pt"], "--resume: /no/such/run.pt is not a checkpoint file or folder"),
+    (["--resume", "/tmp"], "resume: /tmp is a folder with no meta.pt, not a checkpoint folder"),
     (["--checkpoint", "/no/such/folder/run.pt"], "--checkpoint: folder /no/such/folder does not exist"),
     (["--out", "/tmp"], "--out: /tmp is a folder"),
     (["--seed", str(2**64)], "--seed: 18446744073709551616 is out of range"),
@@ -292,6 +293,25 @@ def test_two_ranks_train_as_one_process_and_only_rank_0_writes(tmp_path, launche
         assert q["val_loss"] == pytest.approx(p["val_loss"], rel=1e-5)
 
 
+@pytest.mark.slow
+def test_torchrun_fsdp2_writes_a_checkpoint_folder_that_one_process_resumes(tmp_path, capsys):
+    one, two, ckpt = tmp_path / "one.json", tmp_path / "two.json", tmp_path / "run"
+    assert main([*TINY, "--steps", "6", "--out", str(one)]) == 0
+    done = _optispace(*TINY, "--steps", "6", "--parallel", "fsdp2", "--checkpoint", str(ckpt),
+                      "--out", str(two), launcher=TORCHRUN)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("optimizer state bytes on rank 0 of 2:") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.json", "run", "two.json"]  # no temp folder
+    assert sorted(p.name for p in ckpt.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"]
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert b["world_size"] == 2 and b["config"]["parallel"] == "fsdp2"
+    for p, q in zip(a["curve"], b["curve"], strict=True):  # tolerance: tests/test_distributed.py
+        assert q["val_loss"] == pytest.approx(p["val_loss"], rel=1e-5)
+    capsys.readouterr()
+    assert main([*TINY, "--steps", "6", "--resume", str(ckpt)]) == 0  # one process reads every shard
+    assert f"final val loss {b['final_val_loss']:.4f} after 6 steps" in capsys.readouterr().out
+
+
 def _launch_two_ranks_for_long(out) -> subprocess.Popen:
     """`optispace train --nproc 2` of far more steps than a test waits for, its record to ``out``."""
     argv = [sys.executable, "-m", "optispace", *TINY, "--steps", "100000", "--nproc", "2", "--out", str(out)]
@@ -350,9 +370,11 @@ def _wait_for_rank(parent: int, rank: int, timeout: float = 120) -> int:
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--nproc", "2", "--parallel", "fsdp2"], "--parallel fsdp2 needs the optimizer on sharded (DTensor) "
-     "parameters, a later change"),
-    (["--nproc", "2", "--parallel", "zero"], "--parallel: unknown 'zero'; use ddp"),
+    (["--nproc", "2", "--parallel", "zero"], "--parallel: unknown 'zero'; use ddp or fsdp2"),
+    (["--nproc", "4", "--parallel", "fsdp2", "--device", "cuda"], "--nproc 4: only 2 CUDA GPU(s) visible"),
+    (["--nproc", "2", "--parallel", "fsdp2", "--probes", "ray"], "--probes read whole parameters on rank 0"),
+    (["--nproc", "2", "--parallel", "fsdp2", "--checkpoint", os.path.dirname(__file__)],
+     "is a folder that is not a checkpoint; give a new path"),
     (["--nproc", "0"], "--nproc: 0 is out of range"),
     (["--nproc", "3"], "3 processes cannot split tier tiny's batch of 8 sequences evenly"),
     (["--nproc", "2", "--regime", "sft"], "regime sft trains in one process for now"),

@@ -43,7 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                          "optispace train ...`. The global batch and the seeds do not change")
     parallel.add_argument("--nproc", type=int, help="processes (ranks), each on its own GPU with cuda "
                           "(default 1, or torchrun's WORLD_SIZE)")
-    parallel.add_argument("--parallel", help="ddp (default); fsdp2 is not supported yet")
+    parallel.add_argument("--parallel", help="ddp (default: every rank holds the whole model) or fsdp2 "
+                          "(each rank holds its rows of every parameter and of the optimizer state; the "
+                          "checkpoint is then a folder, torch.distributed.checkpoint's)")
     parser.add_argument("--data", help="stdlib (default), stdlib:no-tests, zipf[:s=,v=,n=], a text file or "
                         "folder, a .bin shard or a folder of shards")
     regime = parser.add_argument_group("regimes", "fine-tuning (sft) and reinforcement learning (rl) runs")
@@ -67,8 +69,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rl: policy updates per batch of samples (GRPO's mu, default 1)")
     parser.add_argument("--probes", default="", help="comma-separated probes, e.g. ray,geometry,outliers")
     parser.add_argument("--out", type=Path, help="write the run record (config, corpus, curve) as JSON here")
-    parser.add_argument("--checkpoint", type=Path, help="checkpoint file, rewritten at each evaluation")
-    parser.add_argument("--resume", type=Path, help="continue from this checkpoint")
+    parser.add_argument("--checkpoint", type=Path, help="checkpoint file (a folder with --parallel fsdp2), "
+                        "rewritten at each evaluation")
+    parser.add_argument("--resume", type=Path, help="continue from this checkpoint file or folder, at any "
+                        "number of processes")
     parser.add_argument("--tensorboard", metavar="DIR", help="log each evaluation to TensorBoard event files "
                         "in DIR (extra: optispace[tensorboard])")
     parser.add_argument("--wandb", metavar="PROJECT", help="log each evaluation to a Weights & Biases run "
@@ -95,12 +99,15 @@ def _run(args: argparse.Namespace, ranks) -> int:
 
     _check_numbers(args)
     _check_parallel(args, ranks)
-    _check_outputs(args)
+    world = ranks.world if ranks else args.nproc or 1
+    sharded = world > 1 and args.parallel == "fsdp2"
+    _check_outputs(args, sharded)
     recipe = recipe_argument(args.recipe, args.storage, args.data)
     if isinstance(recipe.recipe, dict) and not recipe.role_lr and args.lr is None:
         raise UserError("--lr: a structure has no lr of its own; give --lr")
     given = {"proxy": args.proxy, "tokens": args.tokens, "lr": args.lr, "seed": args.seed,
              "device": args.device, "data": args.data, "compile": args.compile or None,
+             "parallel": args.parallel,
              **{key: getattr(args, key) for key in REGIME_OPTIONS}}
     # A study's settings, then what the command line gives; an explicit --lr replaces a trial's lrs.
     settings = recipe.settings | {k: v for k, v in given.items() if v is not None}
@@ -109,6 +116,9 @@ def _run(args: argparse.Namespace, ranks) -> int:
         probes = build([name for name in args.probes.split(",") if name])
     except ValueError as e:
         raise UserError(f"--probes: {e}") from None
+    if probes and sharded:
+        raise UserError("--probes read whole parameters on rank 0, which --parallel fsdp2 shards over the "
+                        "ranks; use --parallel ddp for probes")
     cfg = TrainConfig(recipe=recipe.recipe, role_lr=role_lr, **settings)
     if args.steps is not None:
         cfg = dataclasses.replace(cfg, tokens=args.steps * cfg.tier.tokens_per_step)
@@ -116,7 +126,6 @@ def _run(args: argparse.Namespace, ranks) -> int:
         print(f"training the chains and lrs of {recipe.source}"
               + (", with its study's settings where the command line gives none" if recipe.settings else ""),
               file=sys.stderr)
-    world = ranks.world if ranks else args.nproc or 1
     check_world(cfg, world)
     device = resolve_device(cfg.device)
     if ranks is None and world > 1:
@@ -143,12 +152,11 @@ def _run(args: argparse.Namespace, ranks) -> int:
 
 
 def _check_parallel(args: argparse.Namespace, ranks) -> None:
-    """``--parallel`` and ``--nproc``: ddp only, a positive count, torchrun's when under torchrun."""
-    if args.parallel not in (None, "ddp", "fsdp2"):
-        raise UserError(f"--parallel: unknown {args.parallel!r}; use ddp")
-    if args.parallel == "fsdp2":
-        raise UserError("--parallel fsdp2 needs the optimizer on sharded (DTensor) parameters, a later "
-                        "change; use --parallel ddp")
+    """``--parallel`` and ``--nproc``: ddp or fsdp2, a positive count, torchrun's when under torchrun."""
+    from optispace.proxies.distributed import PARALLEL
+
+    if args.parallel not in (None, *PARALLEL):
+        raise UserError(f"--parallel: unknown {args.parallel!r}; use {' or '.join(PARALLEL)}")
     if args.nproc is not None and not 1 <= args.nproc <= MAX_NPROC:
         raise UserError(f"--nproc: {args.nproc} is out of range; give an integer from 1 to {MAX_NPROC}")
     if ranks is not None and args.nproc not in (None, ranks.world):
@@ -188,19 +196,21 @@ def _check_numbers(args: argparse.Namespace) -> None:
             raise UserError(f"{flag}: {value} is out of range; give an integer from {low} to {high}")
 
 
-def _check_outputs(args: argparse.Namespace) -> None:
-    """Refuse, before training, a record or checkpoint path that could not be written, or a missing resume."""
+def _check_outputs(args: argparse.Namespace, sharded: bool) -> None:
+    """Refuse, before training, a record or checkpoint path that could not be written, or a missing
+    resume. A ``sharded`` (fsdp2) run's checkpoint is a folder."""
+    from optispace.proxies.checkpoint import check_target
+
     for flag, path in (("--out", args.out), ("--checkpoint", args.checkpoint)):
         if path is None:
             continue
-        if path.is_dir():
-            raise UserError(f"{flag}: {path} is a folder; give a file path inside it")
+        check_target(path, sharded and flag == "--checkpoint", flag)
         if not path.parent.is_dir():
             raise UserError(f"{flag}: folder {path.parent} does not exist")
         if not os.access(path.parent, os.W_OK):
             raise UserError(f"{flag}: folder {path.parent} is not writable")
-    if args.resume is not None and not args.resume.is_file():
-        raise UserError(f"--resume: {args.resume} is not a checkpoint file")
+    if args.resume is not None and not (args.resume.is_file() or args.resume.is_dir()):
+        raise UserError(f"--resume: {args.resume} is not a checkpoint file or folder")
 
 
 def summary(record) -> str:
@@ -218,5 +228,7 @@ def summary(record) -> str:
         head += "".join(f", {name} {value:.4f}" for name, value in record.metrics.items())
     state = ", ".join(f"{role} {n:,}" for role, n in record.state_bytes.items())
     total = sum(record.state_bytes.values())
+    sharded = record.world_size > 1 and record.config.get("parallel") == "fsdp2"
+    where = f" on rank 0 of {record.world_size}" if sharded else ""
     return (f"{head}\n{record.tokens_per_s:,.0f} tokens/s on {record.device}, corpus "
-            f"{record.corpus['fingerprint']}\noptimizer state bytes: {state} (total {total:,})")
+            f"{record.corpus['fingerprint']}\noptimizer state bytes{where}: {state} (total {total:,})")

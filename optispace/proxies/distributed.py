@@ -1,12 +1,14 @@
-"""Data-parallel proxies on torch's own distributed engine: DDP ranks started by torch's elastic
-launcher (what ``torchrun`` runs), one process group per run.
+"""Data-parallel proxies on torch's own distributed engine: DDP or FSDP2 ranks started by torch's
+elastic launcher (what ``torchrun`` runs), one process group per run.
 
 The global batch and the seeds do not depend on the number of ranks: every rank draws the same
 global batch of step k (it depends on (seed, k) only) and trains on its contiguous slice of
-``batch_size / world`` rows; DDP averages the gradients, so the update is that of one process on the
-whole batch, up to the order of the floating-point sums (the test states the tolerance). Only rank 0
-writes files, progress bars and log lines; every rank evaluates the same fixed validation batches on
-the same weights, so all agree when to stop.
+``batch_size / world`` rows; DDP averages the gradients (FSDP2 reduce-scatters their average), so
+the update is that of one process on the whole batch, up to the order of the floating-point sums
+(the tests state the tolerance). Every rank builds the same initial model from the seed; FSDP2
+then keeps its own rows of each parameter (``shard``). Only rank 0 writes files, progress bars and
+log lines; every rank evaluates the same fixed validation batches on the same weights, so all agree
+when to stop.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 PARALLEL = ("ddp", "fsdp2")
 # A collective waits at most this long for a rank that is gone (gloo notices a closed peer at once;
@@ -83,6 +86,25 @@ def process_group(ranks: Ranks, device: torch.device) -> Iterator[None]:
         yield
     finally:
         dist.destroy_process_group()
+
+
+def shard(model: nn.Module, device: torch.device, world: int) -> None:
+    """FSDP2 (``fully_shard``, ZeRO-3) on a proxy GPT, in place: each transformer block is its own
+    unit, then the root holds the embedding, the final norm and the head; every parameter becomes a
+    DTensor of its rows ``Shard(0)`` over the ``world`` ranks.
+
+    Each block's gathered weights are freed after its forward and gathered again for its backward
+    (``reshard_after_forward``), except the last block's, which the backward needs first; torch
+    keeps the root's (its default), as torchtitan does.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (world,))
+    blocks = list(model.blocks)
+    for i, block in enumerate(blocks):
+        fully_shard(block, mesh=mesh, reshard_after_forward=i < len(blocks) - 1)
+    fully_shard(model, mesh=mesh)
 
 
 def local_slice(batch: Sequence[torch.Tensor], ranks: Ranks) -> tuple[torch.Tensor, ...]:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 START_FORMAT = 1  # bump when a cached run's recipe changes, so old caches are not reused
 BASE_RECIPE = "adamw"  # the cached pretraining run: this recipe at its lr, the tier's default budget
-_NOT_IDENTITY = ("device", "compile", "cache_dir")  # settings that do not change the weights
+_NOT_IDENTITY = ("device", "compile", "cache_dir", "parallel")  # settings that do not change the weights
 
 
 def start_weights(cfg: TrainConfig, tier: Tier, corpus: dict) -> dict[str, torch.Tensor]:
@@ -47,7 +47,7 @@ def load_checkpoint_model(path: Path, tier: Tier, corpus: dict) -> dict[str, tor
     and (when it says) was trained on the same corpus."""
     if not path.is_file():
         raise UserError(f"init: checkpoint {path} does not exist")
-    from optispace.proxies.train import CHECKPOINT_FORMAT
+    from optispace.proxies.checkpoint import FORMAT as CHECKPOINT_FORMAT
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)

@@ -26,6 +26,7 @@ import torch
 
 from optispace.errors import UserError
 from optispace.optimizer import Optimizer
+from optispace.proxies import checkpoint as checkpoints
 from optispace.proxies import distributed
 from optispace.proxies.data import TokenData
 from optispace.proxies.model import GPT
@@ -35,7 +36,6 @@ from optispace.proxies.tiers import TIERS, Tier, shaped
 SCHEDULES = ("cosine", "linear", "wsd", "constant")
 WSD_DECAY = 0.2  # warmup-stable-decay: linear decay over the last 20% of steps (Hagele et al. 2024)
 DIVERGENCE_FACTOR = 2.0  # a loss above twice that of a uniform guess (2 ln V) counts as diverged
-CHECKPOINT_FORMAT = 1
 log = logging.getLogger("optispace.train")
 NEW_ROWS = ("mean", "random")  # how SFT initialises the embedding and head rows of its new tokens
 
@@ -43,7 +43,8 @@ NEW_ROWS = ("mean", "random")  # how SFT initialises the embedding and head rows
 @dataclass(frozen=True)
 class TrainConfig:
     """What to train; ``tokens=None`` takes the tier's default budget, ``lr=None`` the recipe's lr.
-    ``shape`` overrides the tier's model and batch (``optispace.proxies.tiers.SHAPE_KEYS``)."""
+    ``shape`` overrides the tier's model and batch (``optispace.proxies.tiers.SHAPE_KEYS``).
+    ``parallel``: how several ranks share the run, ``ddp`` or ``fsdp2`` (one process ignores it)."""
 
     recipe: str | Mapping[str, str]
     proxy: str = "small"
@@ -71,6 +72,7 @@ class TrainConfig:
     kl: float = 0.0
     updates_per_batch: int = 1
     shape: Mapping[str, float] = field(default_factory=dict)
+    parallel: str = "ddp"
 
     def __post_init__(self) -> None:
         checks = [
@@ -87,6 +89,8 @@ class TrainConfig:
              "a positive norm, or None for no clipping"),
             (self.eval_every >= 1, "eval_every", self.eval_every, "a number of steps >= 1"),
             (self.eval_batches >= 1, "eval_batches", self.eval_batches, "a number of batches >= 1"),
+            (self.parallel in distributed.PARALLEL, "parallel", self.parallel,
+             f"one of {', '.join(distributed.PARALLEL)}"),
             *self._regime_checks(),
         ]
         for ok, name, value, allowed in checks:
@@ -200,11 +204,13 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, int, float], None] | None = 
           checkpoint: str | Path | None = None, resume: str | Path | None = None) -> RunRecord:
     """Train ``cfg`` and return its record. ``on_eval(step, tokens, val_loss)`` runs after each
     evaluation and may raise (e.g. optuna.TrialPruned) out of ``train``; divergence never raises.
-    ``checkpoint``: a file rewritten at each evaluation; ``resume``: such a file to continue from.
+    ``checkpoint``: a file (under FSDP2 a folder, ``optispace.proxies.checkpoint``) rewritten at each
+    evaluation; ``resume``: such a file or folder to continue from, made at any world size.
 
     In a process group of several ranks (``optispace.proxies.distributed``) the run is data-parallel
-    (DDP) on the same global batch; only rank 0 writes the checkpoint and shows progress, and the
-    callbacks and ``on_eval`` run on the ranks the caller gives them to."""
+    on the same global batch, DDP or FSDP2 (``cfg.parallel``); only rank 0 writes the checkpoint
+    (FSDP2: every rank its shards) and shows progress, and the callbacks and ``on_eval`` run on the
+    ranks the caller gives them to."""
     tier = cfg.tier
     ranks = distributed.current()
     check_world(cfg, ranks.world)
@@ -215,6 +221,9 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, int, float], None] | None = 
     torch.manual_seed(cfg.seed)
     regime = build_regime(cfg, tier, device)  # on every rank: data caches are safe to build at once
     model = regime.model
+    sharded = ranks.world > 1 and cfg.parallel == "fsdp2"
+    if sharded:  # before the optimizer, which then holds the DTensor shards
+        distributed.shard(model, device, ranks.world)
     optimizer = make_optimizer(model, cfg)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     steps = math.ceil((cfg.tokens or regime.default_tokens) / tier.tokens_per_step)
@@ -224,11 +233,11 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, int, float], None] | None = 
                        objective=regime.objective, world_size=ranks.world)
     start, elapsed_before = 0, 0.0
     if resume is not None:
-        start, elapsed_before = _load_checkpoint(Path(resume), regime, optimizer, record)
-    run = _Run(cfg, regime, optimizer, base_lrs, device, steps, callbacks, record, ranks)
+        start, elapsed_before = _load_checkpoint(Path(resume), regime, optimizer, record, sharded)
+    run = _Run(cfg, regime, optimizer, base_lrs, device, steps, callbacks, record, ranks, sharded)
     _notify_start(callbacks, model, optimizer, regime.data)
-    writes = checkpoint is not None and ranks.lead
-    run.loop(start, elapsed_before, on_eval, progress and ranks.lead, Path(checkpoint) if writes else None)
+    run.loop(start, elapsed_before, on_eval, progress and ranks.lead,
+             None if checkpoint is None else Path(checkpoint))
     record.state_bytes = optimizer.state_bytes()
     if not record.diverged:
         record.metrics = run.finish()
@@ -257,15 +266,17 @@ class _Run:
 
     def __init__(self, cfg: TrainConfig, regime: Regime, optimizer: Optimizer, base_lrs: list[float],
                  device: torch.device, steps: int, callbacks: list, record: RunRecord,
-                 ranks: distributed.Ranks):
+                 ranks: distributed.Ranks, sharded: bool):
         tier = cfg.tier
         self.cfg, self.regime, self.model = cfg, regime, regime.model
         self.optimizer, self.base_lrs, self.device, self.steps = optimizer, base_lrs, device, steps
-        self.callbacks, self.record, self.ranks = callbacks, record, ranks
+        self.callbacks, self.record, self.ranks, self.sharded = callbacks, record, ranks, sharded
         self.tokens_per_step = tier.tokens_per_step
         self.forward = torch.compile(self.model) if cfg.compile else self.model
         self.train_forward = self.forward
-        if ranks.world > 1:  # evaluation stays on the plain model: every rank runs it alike, no sync
+        # DDP: evaluation stays on the plain model, every rank runs it alike with no sync. FSDP2: the
+        # model is its own wrapper; every rank evaluates the same batches, gathering the same shards.
+        if ranks.world > 1 and not sharded:
             ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None)
             self.train_forward = torch.compile(ddp) if cfg.compile else ddp
@@ -378,41 +389,32 @@ class _Run:
         return True
 
     def save_checkpoint(self, path: Path, step: int, elapsed: float) -> None:
-        """Everything a resumed run needs, written to a temp file and renamed (never half-written)."""
-        state = {"format": CHECKPOINT_FORMAT, "config": self.record.config, "corpus": self.record.corpus,
-                 "step": step, "elapsed_s": elapsed, "curve": self.record.curve,
-                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "regime": self.regime.state_dict(), "rng": torch.get_rng_state(),
-                 "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None}
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)
+        """Everything a resumed run needs (``optispace.proxies.checkpoint``), never half-written."""
+        progress = {"config": self.record.config, "corpus": self.record.corpus, "step": step,
+                    "elapsed_s": elapsed, "curve": self.record.curve, "regime": self.regime.state_dict(),
+                    "rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None}
+        checkpoints.save(path, progress, self.model, self.optimizer, sharded=self.sharded,
+                         lead=self.ranks.lead)
 
 
-def _load_checkpoint(path: Path, regime: Regime, optimizer: Optimizer,
-                     record: RunRecord) -> tuple[int, float]:
-    """Restore a checkpoint into the regime's model and state, ``optimizer`` and ``record``; returns
-    (step, elapsed seconds)."""
-    if not path.is_file():
-        raise UserError(f"resume: checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # torch raises many kinds (pickle, zip, EOF) for a file it cannot read
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"resume: cannot read {path} as a checkpoint ({reason})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"resume: {path} is not an optispace checkpoint of format {CHECKPOINT_FORMAT}")
+def _load_checkpoint(path: Path, regime: Regime, optimizer: Optimizer, record: RunRecord,
+                     sharded: bool) -> tuple[int, float]:
+    """Restore a checkpoint (file or folder) into the regime's model and state, ``optimizer`` and
+    ``record``; returns (step, elapsed seconds)."""
+    state = checkpoints.read(path)
     # a checkpoint from before a setting existed was made at that setting's default
     defaults = {f.name: f.default_factory() if f.default is MISSING else f.default
                 for f in fields(TrainConfig) if f.default is not MISSING or f.default_factory is not MISSING}
     theirs = defaults | state["config"]
-    differ = sorted(k for k in record.config.keys() | theirs.keys() if record.config.get(k) != theirs.get(k))
+    # how the ranks shared the work is not the run: a checkpoint resumes under ddp, fsdp2 or alone
+    differ = sorted(k for k in record.config.keys() | theirs.keys()
+                    if k != "parallel" and record.config.get(k) != theirs.get(k))
     if differ:
         raise UserError(f"resume: {path} was made with a different config ({', '.join(differ)} differ); "
                         "resume with the same settings")
-    regime.model.load_state_dict(state["model"])
+    checkpoints.restore(path, state, regime.model, optimizer, sharded=sharded)
     regime.load_state_dict(state.get("regime", {}))
-    optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"])
     if state["cuda_rng"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
