@@ -25,12 +25,15 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from optispace.proxies import RunRecord
 
 OnEval = Callable[[int, int, float], None]
 
 
-def train_ranks(settings: dict[str, Any], nproc: int, on_eval: OnEval):
+def train_ranks(settings: dict[str, Any], nproc: int, on_eval: OnEval) -> RunRecord:
     """Train ``settings`` (``TrainConfig`` keyword arguments and ``probes``) on ``nproc`` ranks;
     rank 0's ``RunRecord``, its evaluations handed to ``on_eval`` once the ranks have ended."""
     import torch
@@ -62,7 +65,7 @@ def _visible(gpus: list[int]) -> str:
     return ",".join(ids[g].strip() for g in gpus)
 
 
-def replay(record, on_eval: OnEval) -> None:
+def replay(record: RunRecord, on_eval: OnEval) -> None:
     """``on_eval(step, tokens, val_loss)`` of each evaluation of ``record.curve``, as the training
     loop calls it: every point but one whose loss ended the run as diverged."""
     curve = record.curve
