@@ -3,6 +3,7 @@ the same values and curves as one process; a failed rank fails the trial without
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import optuna
@@ -82,8 +83,11 @@ def test_a_failed_rank_fails_the_trial_and_writes_no_run_record(monkeypatch) -> 
     def broken(config, on_eval):  # every rank fails building the optimizer
         return proxy_trainer(config | {"recipe": "no-such-recipe"}, on_eval)
 
+    handlers = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)]
     study = optuna.create_study()
     study.optimize(Objective(spec, broken), n_trials=1, catch=(RanksFailed,))
+    # torch's launcher took these over; a worker needs its own back for the next trial
+    assert [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)] == handlers
     (trial,) = study.trials
     assert trial.state == TrialState.FAIL
     assert trial.user_attrs["failure"].startswith("crashed: RanksFailed: rank ")
