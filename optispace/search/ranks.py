@@ -23,14 +23,12 @@ import os
 import pickle
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from optispace.proxies import RunRecord
-
-OnEval = Callable[[int, int, float], None]
+    from optispace.search.objective import OnEval
 
 
 def train_ranks(settings: dict[str, Any], nproc: int, on_eval: OnEval) -> RunRecord:
