@@ -95,6 +95,27 @@ def test_a_failed_rank_fails_the_trial_and_writes_no_run_record(monkeypatch) -> 
     assert not trial.intermediate_values
 
 
+@pytest.mark.slow
+def test_sigterm_while_the_ranks_train_records_the_trial_interrupted_and_queues_it(tmp_path: Path) -> None:
+    from test_cli_search import search
+    from test_cli_train import _wait_for_rank
+
+    path, storage = tmp_path / "long.toml", tmp_path / "long.journal"
+    path.write_text(SEARCH.format(nproc=2).replace("steps = 4", "steps = 100000"))
+    worker = search(str(path), "--storage", str(storage))
+    try:
+        ranks = [_wait_for_rank(worker.pid, rank=r) for r in (0, 1)]
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=60)
+    finally:
+        worker.kill()
+    assert worker.returncode == 130, err
+    trials = optuna.load_study(study_name="ranks", storage=open_storage(str(storage))).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]  # queued again
+    assert trials[0].user_attrs["failure"].startswith("interrupted: SIGTERM")
+    assert not any(Path(f"/proc/{pid}").exists() for pid in ranks)
+
+
 def test_replay_hands_on_the_evaluations_the_training_loop_would_have() -> None:
     curve = [{"step": s, "tokens": 10 * s, "val_loss": v} for s, v in ((2, 3.0), (4, 2.5), (6, float("nan")))]
     seen = []
