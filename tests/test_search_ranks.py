@@ -90,7 +90,8 @@ def test_a_failed_rank_fails_the_trial_and_writes_no_run_record(monkeypatch) -> 
     assert [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)] == handlers
     (trial,) = study.trials
     assert trial.state == TrialState.FAIL
-    assert trial.user_attrs["failure"].startswith("crashed: RanksFailed: rank ")
+    failure = trial.user_attrs["failure"]
+    assert failure.startswith("crashed: RanksFailed: rank ") and "UserError: recipe: " in failure
     assert not {"seed_losses", "device", "tokens_per_s"} & set(trial.user_attrs)
     assert not trial.intermediate_values
 

@@ -9,7 +9,8 @@ in order, as one process would have during the run, so a trial's intermediate va
 curve) do not depend on ``nproc``; that is also why such searches cannot prune (the decision would
 have to reach every rank mid-run; ``optispace.search.spec`` refuses a pruner). The worker's
 heartbeat thread beats while the ranks run. A failed rank raises ``RanksFailed`` out of the
-trainer, so the trial fails as a crash does, and no record is written for it.
+trainer (with the first rank's error, when a rank raised one), so the trial fails as a crash does,
+and no record is written for it.
 
 Devices: ``settings["device"]`` is the worker's (``optispace.search.run.worker_device``): a list
 ``cuda:a,cuda:b`` of one GPU per rank, which the ranks see as ``cuda:0 .. cuda:N-1`` through
@@ -48,11 +49,20 @@ def train_ranks(settings: dict[str, Any], nproc: int, on_eval: OnEval) -> RunRec
     with tempfile.TemporaryDirectory(prefix="optispace-ranks-") as folder:
         given, out = Path(folder) / "settings.pkl", Path(folder) / "record.pkl"
         given.write_bytes(pickle.dumps(settings | {"device": "cuda" if gpus else devices}))
-        distributed.launch(nproc, [str(given), str(out)], module=__name__, env=env)
+        try:
+            distributed.launch(nproc, [str(given), str(out)], module=__name__, env=env)
+        except distributed.RanksFailed as e:
+            raise distributed.RanksFailed(f"{e}{_reason(Path(folder))}", e.exitcode) from None
         record = pickle.loads(out.read_bytes())
     replay(record, on_eval)
     record.device = devices if gpus else f"{record.device} x{nproc}"
     return record
+
+
+def _reason(folder: Path) -> str:
+    """`` (rank R: Error: message)``, the first error a rank left in ``folder``, or nothing."""
+    errors = sorted(folder.glob("error.*"), key=lambda path: int(path.suffix[1:]))
+    return f" (rank {errors[0].suffix[1:]}: {errors[0].read_text()})" if errors else ""
 
 
 def _visible(gpus: list[int]) -> str:
@@ -83,9 +93,13 @@ def main(argv: list[str]) -> int:
     settings = pickle.loads(given.read_bytes())
     probes = settings.pop("probes")
     ranks = distributed.from_env()
-    cfg = TrainConfig(**settings)
-    with distributed.process_group(ranks, resolve_device(cfg.device)):
-        record = train(cfg, callbacks=build(probes) if ranks.lead else [], progress=False)
+    try:
+        cfg = TrainConfig(**settings)
+        with distributed.process_group(ranks, resolve_device(cfg.device)):
+            record = train(cfg, callbacks=build(probes) if ranks.lead else [], progress=False)
+    except Exception as e:  # why, for the trial's failure (a trial in one process records it too)
+        (out.parent / f"error.{ranks.rank}").write_text(f"{type(e).__name__}: {e}")
+        raise
     if ranks.lead:
         part = out.with_suffix(".part")  # whole or absent: the worker never reads half a record
         part.write_bytes(pickle.dumps(record))
