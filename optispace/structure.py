@@ -127,7 +127,8 @@ def _from_trial(ref: str, storage_url: str | None, data: str | None) -> RecipeAr
 def _settings(search: dict[str, Any], name: str, configuration: Configuration,
               data: str | None, point: dict[str, int]) -> dict[str, Any]:
     """The TrainConfig keyword arguments the trial had at its scale ``point`` (lrs as trained: under
-    a muP rule the matrix lr is scaled), but for seed, probes and recipe."""
+    a muP rule the matrix lr is scaled), but for seed, probes and recipe, and the trial's ranks
+    (``nproc``: a retrain's processes are its own ``--nproc``; the losses do not depend on them)."""
     from optispace.search.objective import train_config
     from optispace.search.spec import parse_search_data
 
@@ -135,7 +136,7 @@ def _settings(search: dict[str, Any], name: str, configuration: Configuration,
         search = {**search, "proxy": {k: v for k, v in search.get("proxy", {}).items() if k != "data"}}
     spec = parse_search_data(search, f"study {name!r} (its search file)")
     config = train_config(spec, configuration, spec.seeds[0], point)
-    return {k: v for k, v in config.items() if k not in ("seed", "probes", "recipe", "lr")}
+    return {k: v for k, v in config.items() if k not in ("seed", "probes", "recipe", "lr", "nproc")}
 
 
 def _best(study, name: str):

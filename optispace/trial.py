@@ -37,7 +37,8 @@ The user attributes, field by field (attribute names in brackets):
 - ``seeds`` [``seeds``]; ``seed_losses`` [``seed_losses``]: per seed the final val loss, ``None``
   where that seed diverged or never ran.
 - ``tokens_per_s``, ``wall_time_s``, ``tokens_per_step``, ``device``, ``corpus_fingerprint`` (same
-  names); ``worker`` [``worker``]: the int rank of the worker process, a label (the sampler of
+  names; a trial of N ranks, ``[proxy] nproc``, has ``device`` ``cuda:a,cuda:b`` or ``cpu xN``);
+  ``worker`` [``worker``]: the int rank of the worker process, a label (the sampler of
   trial k is seeded by the study seed and k, so no resume, rerun or second host repeats a configuration).
 - ``probe_values`` [``probe.<name>``]: only when the search file's ``[proxy] probes`` names
   probes (``ray``, ``geometry``, ``outliers``; see ``optispace.probes``): that probe's summary

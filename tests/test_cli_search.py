@@ -106,6 +106,48 @@ def test_bad_flags_exit_2(flags: list[str], storage: Path, capsys: pytest.Captur
     assert not storage.exists()
 
 
+# Ranks per trial (``[proxy] nproc``): the [proxy] lines added to smoke.toml, its pruner, the flags,
+# the key blamed and the message. Two GPUs are visible (mocked).
+BAD_RANKS = {
+    "no ranks": ("nproc = 0", "none", (), "proxy.nproc", "must be an integer from 1 to 1024, not 0"),
+    "unknown parallel": ('nproc = 2\nparallel = "zero"', "none", (), "proxy.parallel",
+                         "'zero' is not allowed; choose one of ddp, fsdp2"),
+    "a pruner": ("nproc = 2", "median", (), "study.pruner",
+                 "a pruner stops a trial mid-run, a decision that would have to reach each of its 2 ranks"),
+    "an uneven batch": ("nproc = 3", "none", (), "proxy.nproc",
+                        "3 ranks cannot split the batch of 8 sequences"),
+    "a regime of one process": ('nproc = 2\nregime = "sft"', "none", (), "proxy.nproc",
+                                "regime sft trains in one process for now; use nproc = 1"),
+    "probes under fsdp2": ('nproc = 2\nparallel = "fsdp2"\nprobes = ["ray"]', "none", (), "proxy.probes",
+                           'probes read whole parameters on rank 0, which parallel = "fsdp2" shards'),
+    "a pinned GPU": ('nproc = 2\ndevice = "cuda:1"', "none", (), "proxy.nproc",
+                     '2 ranks need a GPU each, and device = "cuda:1" pins one; use device = "cuda"'),
+    "more ranks than GPUs": ('nproc = 2\ndevice = "cuda"', "none", ("--workers", "2"), "proxy.nproc",
+                             "2 worker(s) x 2 ranks need 4 GPUs, one per rank; 2 visible"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_RANKS)
+def test_bad_ranks_per_trial_exit_2_with_one_line_and_store_nothing(
+    name: str, storage: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from optispace.search.locate import key_lines
+
+    lines, pruner, flags, key, message = BAD_RANKS[name]
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
+    text = SMOKE.read_text().replace('pruner = "median"', f'pruner = "{pruner}"')
+    text = text.replace("threads = 1", f"threads = 1\n{lines}")
+    path = tmp_path / "smoke.toml"
+    path.write_text(text)
+    assert main(["search", str(path), "--storage", str(storage), *flags]) == 2
+    err = capsys.readouterr().err
+    line = key_lines(text)[tuple(key.split("."))]
+    assert err.count("\n") == 1 and f"smoke.toml:{line}: {key}: {message}" in err, err
+    assert not storage.parent.exists(), "nothing is written before the file is valid"
+
+
 BAD_STORAGES = {
     "scheme without //": (
         "sqlite:/tmp/x.db",

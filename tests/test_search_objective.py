@@ -44,6 +44,7 @@ def test_trials_train_in_the_searchs_regime_and_record_it():
     def trainer(config, on_eval):
         settings = dict(config)
         assert settings.pop("probes") == ()  # the trainer builds the named probes, none here
+        assert settings.pop("nproc") == 1
         seen.append(TrainConfig(**settings))
         return RunRecord(config=config, corpus={"fingerprint": "f"}, final_val_loss=0.75,
                          state_bytes={"embed": 8}, regime="rl", objective="reward_error")

@@ -319,6 +319,18 @@ def test_local_worker_k_takes_gpu_k_mod_g_unless_the_file_pins_a_device(k: int, 
         assert worker_device(pinned, k, gpus) == pinned
 
 
+@given(st.integers(1, 8), st.integers(1, 8), st.integers(1, 8))
+def test_the_ranks_of_local_workers_take_disjoint_gpus_while_there_are_enough(
+    workers: int, nproc: int, gpus: int
+) -> None:
+    taken = [worker_device("cuda", k, gpus, nproc).split(",") for k in range(workers)]
+    assert all(len(devices) == nproc for devices in taken)
+    assert taken[0] == [f"cuda:{i % gpus}" for i in range(nproc)]
+    if workers * nproc <= gpus:  # what a search on CUDA asks for (run.check_gpus)
+        assert len({d for devices in taken for d in devices}) == workers * nproc
+    assert worker_device("cpu", workers, gpus, nproc) == "cpu"
+
+
 @pytest.mark.slow
 def test_each_local_worker_records_the_gpu_it_trained_on(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr("torch.cuda.device_count", lambda: 2)  # the parent hands the workers their devices

@@ -193,7 +193,7 @@ def test_the_budget_rule_gives_the_stated_tokens(per_param: float) -> None:
     spec = parse_search_text(text, "scaled.toml")
     for point in scale.grid(spec.proxy.sweep):
         settings = train_config(spec, configuration(), 0, point)
-        shaped = TrainConfig(**{k: v for k, v in settings.items() if k != "probes"})
+        shaped = TrainConfig(**{k: v for k, v in settings.items() if k not in ("probes", "nproc")})
         stated = math.ceil(per_param * shaped.tier.model.parameters())
         assert settings["tokens"] == stated
     record = train(shaped, progress=False)  # the last point: it trains whole steps covering the budget

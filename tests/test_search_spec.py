@@ -307,6 +307,13 @@ def test_every_data_source_train_accepts_is_accepted(data: str) -> None:
     assert parse_search_text(text).proxy.data == data
 
 
+def test_ranks_per_trial_default_to_one_and_turn_the_default_pruner_off() -> None:
+    proxy = parse_search_text(VALID).proxy
+    assert (proxy.nproc, proxy.parallel) == (1, "ddp")
+    spec = parse_search_text(VALID.replace("tokens = 4096", 'tokens = 4096\nnproc = 2\nparallel = "fsdp2"'))
+    assert (spec.proxy.nproc, spec.proxy.parallel, spec.pruner) == (2, "fsdp2", "none")
+
+
 def test_cuda_without_a_gpu_is_refused_with_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 

@@ -49,3 +49,18 @@ def test_a_swept_trial_replays_at_its_scale_point_with_the_lrs_it_trained(tmp_pa
         assert shape["output_mult"] == pytest.approx(16 / shape["dim"])
         assert argument.role_lr["matrix"] == pytest.approx(lr * 16 / shape["dim"])
         assert argument.role_lr["embed"] == lr
+
+
+def test_a_trial_of_several_ranks_retrains_in_the_processes_train_is_given(tmp_path) -> None:
+    from test_search_scale import WidthTrainer, scaled_text
+
+    from optispace.proxies import TrainConfig
+    from optispace.search.run import run_search
+    from optispace.search.spec import parse_search_text
+
+    url = str(tmp_path / "s.journal")
+    spec = parse_search_text(scaled_text(extra='nproc = 2\nparallel = "fsdp2"'), "scaled.toml")
+    run_search(spec, url, n_trials=1, trainer=WidthTrainer(), progress=False)
+    argument = recipe_argument("study:scaled#0", url)
+    assert "nproc" not in argument.settings and argument.settings["parallel"] == "fsdp2"
+    TrainConfig(recipe=argument.recipe, role_lr=argument.role_lr, **argument.settings)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from optispace.errors import UserError
 
-MAX_NPROC = 1024  # ranks on one machine; more is a typo
 # The regime's settings (TrainConfig fields); unset ones come from a study's trial, else from
 # TrainConfig's defaults.
 REGIME_OPTIONS = ("regime", "init", "pairs", "new_rows", "task", "group_size", "clip", "kl",
@@ -153,7 +152,7 @@ def _run(args: argparse.Namespace, ranks) -> int:
 
 def _check_parallel(args: argparse.Namespace, ranks) -> None:
     """``--parallel`` and ``--nproc``: ddp or fsdp2, a positive count, torchrun's when under torchrun."""
-    from optispace.proxies.distributed import PARALLEL
+    from optispace.proxies.distributed import MAX_NPROC, PARALLEL
 
     if args.parallel not in (None, *PARALLEL):
         raise UserError(f"--parallel: unknown {args.parallel!r}; use {' or '.join(PARALLEL)}")

@@ -18,8 +18,9 @@ import logging
 import os
 import signal
 import sys
+import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -28,6 +29,10 @@ import torch.distributed as dist
 from torch import nn
 
 PARALLEL = ("ddp", "fsdp2")
+MAX_NPROC = 1024  # ranks on one machine; more is a typo
+# The signals torch's elastic launcher takes over in the process that calls it (it does not give
+# them back); a search worker launches one run per trial and keeps its own handlers between them.
+_LAUNCHER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 # A collective waits at most this long for a rank that is gone (gloo notices a closed peer at once;
 # this bounds the cases it cannot see, e.g. a rank stuck outside a collective).
 TIMEOUT_S = 120
@@ -128,29 +133,62 @@ class RanksFailed(RuntimeError):
         self.exitcode = exitcode
 
 
-def launch(nproc: int, argv: Sequence[str]) -> None:
-    """Run ``python -m optispace ARGV`` as ``nproc`` ranks on this machine through torch's elastic
+def launch(nproc: int, argv: Sequence[str], *, module: str = "optispace",
+           env: Mapping[str, str] | None = None) -> None:
+    """Run ``python -m MODULE ARGV`` as ``nproc`` ranks on this machine through torch's elastic
     launcher, as ``torchrun --standalone --nproc-per-node NPROC`` does (c10d rendezvous on a free
-    local port, no restarts). Raises :class:`RanksFailed` naming the first rank that failed, and
-``KeyboardInterrupt`` when a signal (Ctrl-C, SIGTERM) stopped the run."""
+    local port, no restarts), with ``env`` added to the ranks' environment. Raises
+    :class:`RanksFailed` naming the first rank that failed, and ``KeyboardInterrupt`` when a signal
+    (Ctrl-C, SIGTERM) stopped the run."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     # The launcher's own log repeats each failure at length; the caller says it in one line.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    env = dict(env or {})
     if nproc > 1 and "OMP_NUM_THREADS" not in os.environ:  # N ranks on all cores each would thrash
-        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
                           monitor_interval=MONITOR_S)
     try:
-        elastic_launch(config, sys.executable)("-m", "optispace", *argv)
+        with _environ(env), _own_signals():
+            elastic_launch(config, sys.executable)("-m", module, *argv)
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
         raise RanksFailed(_failure_text(rank, failure.exitcode), failure.exitcode) from None
     except SignalException as e:  # Ctrl-C or SIGTERM: the launcher has stopped the ranks
         raise KeyboardInterrupt(e.sigval.name) from None
+
+
+@contextlib.contextmanager
+def _environ(env: Mapping[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``env`` added within the block (the launcher copies it to the ranks)."""
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
+def _own_signals() -> Iterator[None]:
+    """This process's signal handlers back after the block (the launcher replaces them)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # the launcher installs handlers only from the main thread
+        return
+    saved = {sig: signal.getsignal(sig) for sig in _LAUNCHER_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def _failure_text(rank: int, exitcode: int) -> str:

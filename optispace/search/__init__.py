@@ -4,6 +4,7 @@ spec.py        search file -> validated SearchSpec (errors name the key and its 
 families.py    the primitive families a file chooses from, and their chain text
 space.py       define-by-run sampling of a configuration (a chain and numbers per role)
 objective.py   one trial: train the proxy on each seed, record what the report reads
+ranks.py       a trial's seed on [proxy] nproc ranks, through train --nproc's launcher
 storage.py     journal file by default, any Optuna RDB URL; outages waited out
 journal.py     the journal file read up to its last complete record; a bad tail set aside
 heartbeat.py   heartbeats and stale trials (failed and retried), alike on every storage

@@ -52,11 +52,17 @@ Trainer = Callable[[dict[str, Any], OnEval], Record]
 
 def proxy_trainer(config: dict[str, Any], on_eval: OnEval) -> Record:
     """Train with ``optispace.proxies.train``, the named probes built as its callbacks (no progress
-    bar: the study shows one over trials)."""
+    bar: the study shows one over trials); on ``nproc`` ranks when there are several
+    (``optispace.search.ranks``)."""
     from optispace.probes import build
     from optispace.proxies import TrainConfig, train
 
     settings = dict(config)
+    nproc = settings.pop("nproc")
+    if nproc > 1:
+        from optispace.search.ranks import train_ranks
+
+        return train_ranks(settings, nproc, on_eval)
     probes = build(settings.pop("probes"))
     return train(TrainConfig(**settings), on_eval=on_eval, callbacks=probes, progress=False)
 
@@ -65,7 +71,7 @@ def train_config(
     spec: SearchSpec, configuration: Configuration, seed: int, point: scale.Point | None = None
 ) -> dict[str, Any]:
     """The settings of one seed of a configuration at a scale ``point`` (``optispace.search.scale``):
-    ``TrainConfig`` keyword arguments and ``probes``.
+    ``TrainConfig`` keyword arguments, ``probes`` and ``nproc`` (the ranks that train it).
 
     ``probes`` (names) ride on the first seed only: a trial records only that seed's (the seeds are
     distinct).
@@ -88,6 +94,8 @@ def train_config(
         "eval_every": proxy.eval_every,
         "eval_batches": proxy.eval_batches,
         "compile": proxy.compile,
+        "parallel": proxy.parallel,
+        "nproc": proxy.nproc,
         "probes": proxy.probes if seed == spec.seeds[0] else (),
         "regime": proxy.regime,
         **proxy.regime_settings,

@@ -224,20 +224,37 @@ def _end_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="optispace-parent-watch", daemon=True).start()
 
 
-def worker_device(device: str, k: int, gpus: int) -> str:
-    """The device local worker ``k`` trains on: GPU ``k mod gpus`` when the search file leaves the
-    choice (``auto`` or ``cuda``) and there are GPUs, else the file's (``cpu``, a pinned ``cuda:N``)."""
+def worker_device(device: str, k: int, gpus: int, nproc: int = 1) -> str:
+    """The devices local worker ``k``'s ``nproc`` ranks train on: GPUs ``k*nproc .. k*nproc+nproc-1``
+    (mod ``gpus``), as ``cuda:a,cuda:b,...``, when the search file leaves the choice (``auto`` or
+    ``cuda``) and there are GPUs, else the file's (``cpu``, a pinned ``cuda:N``). One rank: GPU
+    ``k mod gpus``."""
     if device in ("auto", "cuda") and gpus > 0:
-        return f"cuda:{k % gpus}"
+        return ",".join(f"cuda:{(k * nproc + i) % gpus}" for i in range(nproc))
     return device
 
 
 def worker_spec(spec: SearchSpec, k: int) -> SearchSpec:
-    """``spec`` with local worker ``k``'s device (:func:`worker_device`); the trial records it."""
+    """``spec`` with local worker ``k``'s devices (:func:`worker_device`); the trial records them."""
     import torch
 
-    device = worker_device(spec.proxy.device, k, torch.cuda.device_count())
+    device = worker_device(spec.proxy.device, k, torch.cuda.device_count(), spec.proxy.nproc)
     return replace(spec, proxy=replace(spec.proxy, device=device))
+
+
+def check_gpus(spec: SearchSpec, workers: int) -> None:
+    """With several ranks per trial on CUDA, one GPU for each rank of each local worker.
+
+    (One rank per trial may share: worker k takes GPU k mod G, as many workers as asked.)
+    """
+    import torch
+
+    nproc, device, gpus = spec.proxy.nproc, spec.proxy.device, torch.cuda.device_count()
+    if nproc == 1 or device == "cpu" or (device == "auto" and gpus == 0):
+        return
+    if nproc * workers > gpus:
+        raise spec.error(("proxy", "nproc"), f"{workers} worker(s) x {nproc} ranks need {nproc * workers} "
+                         f'GPUs, one per rank; {gpus} visible: use fewer workers or ranks, or device = "cpu"')
 
 
 def cpu_threads(spec: SearchSpec, workers: int) -> int | None:
@@ -286,6 +303,7 @@ def run_search(
     """
     name = name or spec.name
     n_trials = n_trials or spec.trials
+    check_gpus(spec, workers)
     if spec.sampler == "grid":
         size = configurations(spec) * len(scale.grid(spec.proxy.sweep))
         if n_trials > size:

@@ -7,6 +7,7 @@ allowed. The layout (see ``searches/smoke.toml`` for a commented example)::
     [study]   name, question, tolerance, seed, trials, seeds, objectives, sampler, pruner, penalty
     [proxy]   tier, data, tokens | steps, eval_every, eval_batches, schedule, warmup, grad_clip,
               device, compile, threads (CPU threads per worker; default: the cores shared out),
+              nproc (ranks per trial, default 1; ``optispace.search.ranks``), parallel (ddp | fsdp2),
               probes (names from ``optispace.probes.PROBES`` recorded on each trial; default none),
               regime (pretrain, sft or rl; default pretrain) and its settings (REGIME_KEYS),
               vocab, dim, layers, heads, batch_size, seq_len, tokens: a value (overrides the tier's)
@@ -117,6 +118,9 @@ class ProxySpec:
     sweep: dict[str, tuple[int, ...]] = field(default_factory=dict)
     regime: str = "pretrain"
     regime_settings: dict[str, Any] = field(default_factory=dict)
+    #: Ranks that train each trial, data-parallel (``optispace.search.ranks``), and how they share it.
+    nproc: int = 1
+    parallel: str = "ddp"
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,12 @@ class SearchSpec:
     scaling: ScalingSpec = ScalingSpec()
     #: ``[recipes]``: label -> the recipe, lr and hyperparameters it names (then ``roles`` is empty).
     recipes: dict[str, RecipeChoice] = field(default_factory=dict)
+    #: The line of each key in the file, for errors found after parsing (:meth:`error`).
+    lines: dict[tuple[str, ...], int] = field(default_factory=dict, compare=False, repr=False)
+
+    def error(self, key: tuple[str, ...], problem: str) -> UserError:
+        """A mistake of the file found when the search starts, named as a parse error is."""
+        return _blame(self.path, self.lines, key, problem)
 
 
 _MISSING = object()
@@ -162,9 +172,14 @@ class _File:
         self.lines = key_lines(text)
 
     def error(self, key: tuple[str, ...], problem: str) -> UserError:
-        line = line_of(self.lines, key)
-        where = f"{self.path}:{line}" if line is not None else self.path
-        return UserError(f"{where}: {'.'.join(key)}: {problem}")
+        return _blame(self.path, self.lines, key, problem)
+
+
+def _blame(path: str, lines: dict[tuple[str, ...], int], key: tuple[str, ...], problem: str) -> UserError:
+    """``PATH:LINE: KEY: PROBLEM``, the line where ``key`` is declared (the file alone if nowhere)."""
+    line = line_of(lines, key)
+    where = f"{path}:{line}" if line is not None else path
+    return UserError(f"{where}: {'.'.join(key)}: {problem}")
 
 
 class _Table:
@@ -387,7 +402,7 @@ def parse_search_data(raw: dict[str, Any], path: str = "<search>", text: str = "
     seeds = tuple(study.get("seeds", _seed_list, [0]))
     objectives = tuple(study.get("objectives", _objectives, ["val_loss"]))
     sampler = study.get("sampler", _one_of(SAMPLERS), "tpe")
-    prunable = len(objectives) == 1 and not proxy.sweep
+    prunable = len(objectives) == 1 and not proxy.sweep and proxy.nproc == 1
     pruner = study.get("pruner", _one_of(PRUNERS), "median" if prunable else "none")
     penalty = float(study.get("penalty", _real(0.0, open_low=True), 20.0))
     study.done()
@@ -399,6 +414,11 @@ def parse_search_data(raw: dict[str, Any], path: str = "<search>", text: str = "
         raise study.error(
             "pruner", f'a pruner would compare curves across the scale axes {", ".join(proxy.sweep)}; '
             'use pruner = "none"'
+        )
+    if proxy.nproc > 1 and pruner != "none":
+        raise study.error(
+            "pruner", f"a pruner stops a trial mid-run, a decision that would have to reach each of its "
+            f'{proxy.nproc} ranks (proxy.nproc); use pruner = "none"'
         )
     if sampler == "grid":
         _check_enumerable(file, roles, recipes)
@@ -419,11 +439,13 @@ def parse_search_data(raw: dict[str, Any], path: str = "<search>", text: str = "
         raw=raw,
         scaling=scaling,
         recipes=recipes,
+        lines=file.lines,
     )
 
 
 def _proxy(table: _Table, budget_rule: bool = False) -> ProxySpec:
     from optispace.proxies import TIERS
+    from optispace.proxies.distributed import MAX_NPROC, PARALLEL
     from optispace.proxies.regime import REGIMES
     from optispace.proxies.train import SCHEDULES
     from optispace.search.scale import AXES, grid
@@ -479,11 +501,33 @@ def _proxy(table: _Table, budget_rule: bool = False) -> ProxySpec:
         regime=table.get("regime", _one_of(REGIMES), "pretrain"),
         regime_settings={key: table.get(key, check) for key, check in _regime_keys().items()
                          if key in table.data},
+        nproc=table.get("nproc", _integer(1, MAX_NPROC), 1),
+        parallel=table.get("parallel", _one_of(PARALLEL), "ddp"),
     )
     table.done()
     if spec.regime == "pretrain" and spec.regime_settings:
         raise table.error(next(iter(spec.regime_settings)), 'a setting of regime "sft" or "rl"; set regime')
+    if spec.nproc > 1:
+        _check_ranks(table, spec, [p.get("batch_size", fixed.get("batch_size", tier.batch_size))
+                                   for p in grid(sweep)])
     return spec
+
+
+def _check_ranks(table: _Table, spec: ProxySpec, batch_sizes: list[int]) -> None:
+    """What ``optispace train --nproc`` refuses, refused for a search's ``nproc`` ranks per trial."""
+    n = spec.nproc
+    if re.fullmatch(r"cuda:\d+", spec.device):
+        raise table.error("nproc", f'{n} ranks need a GPU each, and device = "{spec.device}" pins one; use '
+                          f'device = "cuda" (local worker k then trains on GPUs k*{n} .. k*{n}+{n - 1})')
+    if spec.regime != "pretrain":
+        raise table.error("nproc", f"regime {spec.regime} trains in one process for now; use nproc = 1")
+    for batch in batch_sizes:
+        if batch % n:
+            raise table.error("nproc", f"{n} ranks cannot split the batch of {batch} sequences evenly; "
+                              f"use a number that divides {batch}")
+    if spec.probes and spec.parallel == "fsdp2":
+        raise table.error("probes", 'probes read whole parameters on rank 0, which parallel = "fsdp2" '
+                          'shards over the ranks; use parallel = "ddp" for probes')
 
 
 def _check_vocabs(table: _Table, data: str | None, vocabs: tuple[int, ...]) -> None:
