@@ -75,6 +75,7 @@ def test_each_label_at_its_best_lr_against_adamw_paired_over_seeds(study: optuna
     assert ember["difference_se"] == pytest.approx(0.001 / math.sqrt(3))
     assert (row["difference"], row["paired_seeds"]) == (pytest.approx(-0.02), 3)
     assert rows[0]["difference"] is None and rows[0]["seed_sd"] == pytest.approx(0.01)
+    assert [r["lr_edge"] for r in rows] == ["high"] * 3  # 3e-3 is the greater of the two lrs each tried
 
 
 def test_the_section_says_which_is_better_and_is_the_same_bytes_twice(study: optuna.Study,

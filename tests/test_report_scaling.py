@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from optispace.proxies.train import RunRecord
 from optispace.report.build import build_report
-from optispace.report.scaling import best_at, gaps, power_law, scale_axes
+from optispace.report.scaling import best_at, gaps, power_law, recipe_lr_ranges, scale_axes
+from optispace.report.sections import markdown
 from optispace.report.write import write_report
 from optispace.search.run import run_search
 from optispace.search.spec import parse_search_text
@@ -127,6 +128,20 @@ def test_the_section_shows_the_fitted_exponent_and_the_gap(swept_study: optuna.S
     gap = report.scale_gaps.sort("value")
     assert gap["gap"].to_list() == pytest.approx([-0.02 * 5.0 * d**-0.3 for d in (16, 32, 64)])
     assert report.scale_best.filter(pl.col("group") == "adamw")["best_lr"].to_list() == [3e-3] * 3
+
+
+def test_a_best_lr_at_an_end_of_the_lrs_tried_is_flagged(swept_study: optuna.Study) -> None:
+    report = build_report(swept_study)
+    edges = dict(report.scale_best.select("group", "lr_edge").unique().sort("group").iter_rows())
+    assert edges == {"adamw": "high", "ember": None}  # adamw tried 1e-3 and 3e-3; ember one lr
+    assert "**The best lr is at an end of the lrs tried** for adamw (high)" in markdown(report, ())
+
+
+def test_the_lrs_a_recipe_tried_are_read_from_each_form_of_its_entry() -> None:
+    recipes = {"a": {"lr": {"values": [3e-3, 1e-3, 1e-2]}}, "b": {"lr": [1e-4, 1e-2]}, "c": {"lr": 1e-3},
+               "d": {"recipe": "ember", "lr": {"values": [2e-3]}}}
+    assert recipe_lr_ranges({"recipes": recipes}) == {"a": (1e-3, 1e-2), "b": (1e-4, 1e-2)}
+    assert recipe_lr_ranges({"roles": {}}) == {}
 
 
 def test_the_scaling_section_is_the_same_bytes_twice(swept_study: optuna.Study, tmp_path: Path) -> None:

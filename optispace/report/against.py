@@ -3,7 +3,8 @@ adamw and sweeps no scale axis (a swept study gets the scaling section instead).
 
 Per label (the trial's ``recipe`` parameter): its best finished trial by mean objective over seeds
 (``scaling.best_of``: least, or greatest when the study maximizes), that trial's lr, objective,
-sample sd over seeds and optimizer state bytes, and the paired difference to adamw's best trial
+sample sd over seeds and optimizer state bytes, whether that lr is at an end of the lrs the label
+tried (``lr_edge``), and the paired difference to adamw's best trial
 (``scaling.gaps``: per seed both finished, label minus adamw; mean, and standard error
 ``sd / sqrt(n)``). adamw first, then the labels in order.
 """
@@ -14,7 +15,7 @@ from typing import Any
 
 import polars as pl
 
-from optispace.report.scaling import REFERENCE, best_of, gaps, scale_axes, with_groups
+from optispace.report.scaling import REFERENCE, best_of, gaps, scale_axes, with_groups, with_lr_edges
 
 _GROUP = "group"
 
@@ -31,7 +32,7 @@ def against_reference(
     """One row per label (module doc); empty unless :func:`compares` and some trial finished."""
     if not compares(search):
         return pl.DataFrame()
-    best = best_of(with_groups(trials, structs, search), [], maximize)
+    best = with_lr_edges(best_of(with_groups(trials, structs, search), [], maximize), search)
     if best.is_empty():
         return pl.DataFrame()
     names = {label: (entry.get("recipe", label) if isinstance(entry, dict) else label)
@@ -44,7 +45,7 @@ def against_reference(
         )
         .sort(pl.col(_GROUP) != REFERENCE, _GROUP)
         .select(
-            pl.col(_GROUP).alias("label"), "recipe", "best_lr", "best_loss", "seed_sd",
+            pl.col(_GROUP).alias("label"), "recipe", "best_lr", "lr_edge", "best_loss", "seed_sd",
             pl.col("gap").alias("difference"), "difference_se", "paired_seeds", "state_bytes", "n_trials",
             "best_trial",
         )

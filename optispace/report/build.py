@@ -78,7 +78,8 @@ def build_report(study: optuna.Study, tolerance: float | None = None) -> Report:
     structs = analyses.sufficiency(analyses.structures(trials), tolerance)
     imp, note = analyses.importance(study, params)
     axes = scaling.scale_axes(info.search)
-    best = scaling.best_at(scaling.with_groups(trials, structs, info.search), axes)
+    best = scaling.with_lr_edges(scaling.best_at(scaling.with_groups(trials, structs, info.search), axes),
+                                 info.search)
     return Report(
         info=info,
         tolerance=tolerance,

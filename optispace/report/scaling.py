@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from optispace.report.analyses import lr_edge
 from optispace.trial import SCALE_AXES
 
 REFERENCE = "adamw"
@@ -45,6 +46,28 @@ def with_groups(trials: pl.DataFrame, structs: pl.DataFrame, search: dict[str, A
         return trials.with_columns(pl.lit(recipes[0]).alias(_GROUP))
     labels = structs.select("structure", pl.col("label").alias(_GROUP))
     return trials.join(labels, on="structure", how="left")
+
+
+def recipe_lr_ranges(search: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """``[recipes]`` label -> the (least, greatest) lr its entry let the search try (a range or values)."""
+    ranges = {}
+    for label, entry in (search.get("recipes") or {}).items():
+        lr = entry.get("lr") if isinstance(entry, dict) else None
+        tried = lr.get("values") if isinstance(lr, dict) else lr
+        if isinstance(tried, list) and len(tried) >= 2:
+            ranges[label] = (float(min(tried)), float(max(tried)))
+    return ranges
+
+
+def with_lr_edges(best: pl.DataFrame, search: dict[str, Any]) -> pl.DataFrame:
+    """``best`` with ``lr_edge``: "low" or "high" where a recipe's best lr is at an end of what it tried
+    (``analyses.lr_edge``), so its optimum may lie beyond; null inside, and for structures."""
+    if best.is_empty():
+        return best
+    ranges = recipe_lr_ranges(search)
+    edges = [lr_edge(lr, *ranges[g]) if g in ranges and lr is not None else None
+             for g, lr in best.select(_GROUP, "best_lr").iter_rows()]
+    return best.with_columns(pl.Series("lr_edge", edges, dtype=pl.String))
 
 
 def best_at(trials: pl.DataFrame, axes: list[str]) -> pl.DataFrame:

@@ -313,7 +313,9 @@ def _versus_section(r: Report) -> str:
         "by seed over the seeds both finished, averaged, with its standard error (sd / √n); *state* "
         "is the optimizer state bytes. The best of several lrs is biased toward luck, more so with "
         "fewer seeds.\n\n" + lead + " ".join(s for s in sentences if s) + "\n\n"
-        + table(v.rename({"label": "recipe label", "recipe": "trains", "difference": f"Δ vs {REFERENCE}"}))
+        + _paragraph(_recipe_edge_warning(v.rename({"label": "group"})))
+        + table(v.rename({"label": "recipe label", "recipe": "trains", "lr_edge": "lr edge",
+                          "difference": f"Δ vs {REFERENCE}"}))
     )
 
 
@@ -375,6 +377,24 @@ def _edge_warning(sens: pl.DataFrame) -> str:
     )
 
 
+def _recipe_edge_warning(best: pl.DataFrame) -> str:
+    """A sentence naming the recipes whose best lr is the least or greatest of the lrs they tried."""
+    edged = best.filter(pl.col("lr_edge").is_not_null()).unique(["group", "lr_edge"], maintain_order=True)
+    if edged.is_empty():
+        return ""
+    cases = ", ".join(f"{group} ({edge})" for group, edge in edged.select("group", "lr_edge").iter_rows())
+    return (
+        f"**The best lr is at an end of the lrs tried** for {cases}, somewhere in this table: the "
+        "optimum may lie beyond, so that recipe's loss is an upper bound; add lrs past that end and run "
+        "again.\n"
+    )
+
+
+def _paragraph(text: str) -> str:
+    """``text`` as a markdown paragraph (a blank line after it), or nothing."""
+    return f"{text}\n" if text else ""
+
+
 def _curves_section(r: Report, drawn: Collection[str]) -> str:
     if r.best_curves.is_empty():
         return ""
@@ -401,7 +421,7 @@ def _scaling_section(r: Report, drawn: Collection[str]) -> str:
     from optispace.report.scaling import REFERENCE
 
     rule = (r.info.search.get("scaling") or {}).get("lr_rule", "plain")
-    figure = "\n![Best loss, best lr and gap to adamw against each scale axis](scaling.png)\n"
+    figure = "![Best loss, best lr and gap to adamw against each scale axis](scaling.png)\n"
     parts = [
         "## Scaling\n\n"
         f"The study swept {', '.join(r.scale_axes)}. Per recipe or structure and per value of an axis: "
@@ -414,7 +434,7 @@ def _scaling_section(r: Report, drawn: Collection[str]) -> str:
         "error bars in the figure). A best lr that stays put as an axis grows is an lr that "
         "transfers. The fit is the power law loss = a · x^b by least squares in log-log space; "
         "*r²* is the share of the variance of log loss it explains (with 2 points it is 1 by "
-        "construction).\n" + (figure if "scaling.png" in drawn else "")
+        "construction).\n\n" + _paragraph(_recipe_edge_warning(r.scale_best)) + (figure if "scaling.png" in drawn else "")
     ]
     best = r.scale_best.join(r.scale_gaps, on=["group", "axis", "value"], how="left")
     for axis in r.scale_axes:
@@ -422,7 +442,8 @@ def _scaling_section(r: Report, drawn: Collection[str]) -> str:
         if rows.is_empty():
             continue
         shown = rows.select(
-            "group", pl.col("value").alias(axis), "best_loss", "seed_sd", "best_lr", "n_trials",
+            "group", pl.col("value").alias(axis), "best_loss", "seed_sd", "best_lr",
+            pl.col("lr_edge").alias("lr edge"), "n_trials",
             "best_trial", pl.col("gap").alias("gap to adamw"), pl.col("gap_sd").alias("gap sd"),
         )
         parts.append(f"### Against {axis}\n\n" + table(shown))
