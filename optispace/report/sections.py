@@ -434,7 +434,8 @@ def _scaling_section(r: Report, drawn: Collection[str]) -> str:
         "error bars in the figure). A best lr that stays put as an axis grows is an lr that "
         "transfers. The fit is the power law loss = a · x^b by least squares in log-log space; "
         "*r²* is the share of the variance of log loss it explains (with 2 points it is 1 by "
-        "construction).\n\n" + _paragraph(_recipe_edge_warning(r.scale_best)) + (figure if "scaling.png" in drawn else "")
+        "construction).\n\n" + _paragraph(_recipe_edge_warning(r.scale_best))
+        + (figure if "scaling.png" in drawn else "")
     ]
     best = r.scale_best.join(r.scale_gaps, on=["group", "axis", "value"], how="left")
     for axis in r.scale_axes:
