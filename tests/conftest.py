@@ -43,6 +43,24 @@ def study():
 
 
 @pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """Run a search file's text with a fake ``trainer`` for ``n_trials`` and load the study it made."""
+    import optuna
+
+    from optispace.search.run import run_search
+    from optispace.search.spec import parse_search_text
+    from optispace.search.storage import open_storage
+
+    def search(text: str, trainer, n_trials: int):
+        spec = parse_search_text(text, "search.toml")
+        url = str(tmp_path_factory.mktemp(spec.name) / "s.journal")
+        run_search(spec, url, trainer=trainer, progress=False, n_trials=n_trials)
+        return optuna.load_study(study_name=spec.name, storage=open_storage(url))
+
+    return search
+
+
+@pytest.fixture(scope="module")
 def trials(study):
     """``study``'s trials as the report's trial frame."""
     from optispace.report.frames import trials_frame

@@ -15,9 +15,6 @@ from optispace.report.against import compares
 from optispace.report.build import build_report
 from optispace.report.synthetic import make_trial
 from optispace.report.write import write_report
-from optispace.search.run import run_search
-from optispace.search.spec import parse_search_text
-from optispace.search.storage import open_storage
 
 SEARCH = """
 [study]
@@ -59,11 +56,8 @@ class LabelTrainer:
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory) -> optuna.Study:
-    url = str(tmp_path_factory.mktemp("versus") / "s.journal")
-    spec = parse_search_text(SEARCH, "versus.toml")
-    run_search(spec, url, trainer=LabelTrainer(), progress=False, n_trials=6)
-    return optuna.load_study(study_name="versus", storage=open_storage(url))
+def study(searched) -> optuna.Study:
+    return searched(SEARCH, LabelTrainer(), 6)
 
 
 def test_each_label_at_its_best_lr_against_adamw_paired_over_seeds(study: optuna.Study) -> None:

@@ -19,9 +19,6 @@ from optispace.report.build import build_report
 from optispace.report.scaling import best_at, gaps, power_law, recipe_lr_ranges, scale_axes
 from optispace.report.sections import markdown
 from optispace.report.write import write_report
-from optispace.search.run import run_search
-from optispace.search.spec import parse_search_text
-from optispace.search.storage import open_storage
 
 
 @given(
@@ -112,11 +109,8 @@ class PowerLawTrainer:
 
 
 @pytest.fixture(scope="module")
-def swept_study(tmp_path_factory: pytest.TempPathFactory) -> optuna.Study:
-    url = str(tmp_path_factory.mktemp("swept") / "s.journal")
-    spec = parse_search_text(SWEPT, "swept.toml")
-    run_search(spec, url, trainer=PowerLawTrainer(), progress=False, n_trials=9)
-    return optuna.load_study(study_name="swept", storage=open_storage(url))
+def swept_study(searched) -> optuna.Study:
+    return searched(SWEPT, PowerLawTrainer(), 9)
 
 
 def test_the_section_shows_the_fitted_exponent_and_the_gap(swept_study: optuna.Study) -> None:
