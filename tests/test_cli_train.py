@@ -254,6 +254,7 @@ def test_init_checkpoint_is_checked(text_corpus, tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("extra, message", [
     (["--regime", "rl", "--group-size", "1"], "group_size"),
+    (["--regime", "rl", "--format-steps", "0"], "format_steps"),
     (["--regime", "rl", "--task", "nonesuch"], "task"),
     (["--regime", "nonesuch"], "--regime"),
     (["--init", "/no/such.pt"], "init"),

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from optispace.proxies import TIERS, TrainConfig, train
-from optispace.proxies.rl import completion_mask, group_advantages, grpo_loss
+from optispace.proxies.rl import completion_mask, group_advantages, grpo_loss, warmup_config
 
 rewards = st.lists(st.lists(st.floats(0, 1), min_size=2, max_size=8), min_size=1, max_size=4).filter(
     lambda groups: len({len(g) for g in groups}) == 1)
@@ -85,3 +85,15 @@ def test_rl_resumes_inside_a_batch_of_samples_bit_for_bit(text_corpus, tmp_path)
     with pytest.raises(Stop):  # the checkpoint at step 3 sits inside the samples of steps 3 and 4
         train(cfg, on_eval=stop, progress=False, checkpoint=tmp_path / "rl.pt")
     assert _points(train(cfg, progress=False, resume=tmp_path / "rl.pt")) == _points(full)
+
+
+def test_format_steps_set_the_length_of_the_cached_warm_up(text_corpus):
+    corpus, cache = text_corpus
+    cfg = TrainConfig(recipe="adamw", proxy="tiny", regime="rl", data=str(corpus), cache_dir=str(cache),
+                      lr=1e-3, group_size=4, format_steps=7, eval_every=2, eval_batches=1,
+                      tokens=2 * TIERS["tiny"].tokens_per_step)
+    assert warmup_config(cfg).tokens == 7 * TIERS["tiny"].tokens_per_step
+    before = set(cache.glob("runs/sft-tiny-*.pt"))
+    short = train(cfg, progress=False)
+    assert len(set(cache.glob("runs/sft-tiny-*.pt")) - before) == 1  # its own start, cached apart
+    assert _points(train(cfg, progress=False)) == _points(short)

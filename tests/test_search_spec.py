@@ -76,9 +76,10 @@ def test_probes_are_read_in_the_order_given() -> None:
 def test_regime_and_its_settings_are_read() -> None:
     default = parse_search_text(VALID).proxy
     assert (default.regime, default.regime_settings) == ("pretrain", {})
-    settings = 'tokens = 4096\nregime = "rl"\ngroup_size = 4\nkl = 0.1'
+    settings = 'tokens = 4096\nregime = "rl"\ngroup_size = 4\nkl = 0.1\nformat_steps = 200'
     spec = parse_search_text(VALID.replace("tokens = 4096", settings))
-    assert spec.proxy.regime == "rl" and spec.proxy.regime_settings == {"group_size": 4, "kl": 0.1}
+    assert spec.proxy.regime == "rl"
+    assert spec.proxy.regime_settings == {"group_size": 4, "kl": 0.1, "format_steps": 200}
 
 
 def test_pareto_searches_default_to_no_pruner() -> None:
@@ -165,6 +166,10 @@ MISTAKES = [
     (
         ("tokens = 4096", 'tokens = 4096\nregime = "rl"\ngroup_size = 1'),
         r"t.toml:10: proxy.group_size: must be",
+    ),
+    (
+        ("tokens = 4096", 'tokens = 4096\nregime = "rl"\nformat_steps = 0'),
+        r"t.toml:10: proxy.format_steps: must be",
     ),
     (
         ("tokens = 4096", 'tokens = 4096\nregime = "rl"\ntask = "chess"'),

@@ -230,7 +230,7 @@ def test_a_checkpoint_from_before_the_regimes_resumes(tmp_path):
     full = train(tiny(tokens=10 * TINY.tokens_per_step), progress=False, checkpoint=ckpt)
     state = torch.load(ckpt, weights_only=False)
     for key in ("regime", "init", "pairs", "new_rows", "task", "group_size", "clip", "kl",
-                "updates_per_batch", "shape"):
+                "updates_per_batch", "format_steps", "shape"):
         del state["config"][key]
     torch.save(state, ckpt)  # as the loop wrote it before these settings existed
     assert losses(train(tiny(tokens=10 * TINY.tokens_per_step), progress=False, resume=ckpt)) == losses(full)

@@ -15,7 +15,7 @@ from optispace.errors import UserError
 # The regime's settings (TrainConfig fields); unset ones come from a study's trial, else from
 # TrainConfig's defaults.
 REGIME_OPTIONS = ("regime", "init", "pairs", "new_rows", "task", "group_size", "clip", "kl",
-                  "updates_per_batch")
+                  "updates_per_batch", "format_steps")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rl: weight of the KL penalty to the start policy (default 0)")
     regime.add_argument("--updates-per-batch", type=int,
                         help="rl: policy updates per batch of samples (GRPO's mu, default 1)")
+    regime.add_argument("--format-steps", type=int,
+                        help="rl: steps of the cached SFT run that fits the policy to the task's format "
+                        "before RL (default 800; fewer leave a weaker start policy)")
     parser.add_argument("--probes", default="", help="comma-separated probes, e.g. ray,geometry,outliers")
     parser.add_argument("--out", type=Path, help="write the run record (config, corpus, curve) as JSON here")
     parser.add_argument("--checkpoint", type=Path, help="checkpoint file (a folder with --parallel fsdp2), "

@@ -33,8 +33,9 @@ if TYPE_CHECKING:
 
 ADVANTAGE_EPS = 1e-4  # keeps a group whose rewards are all equal at advantage 0 (TRL's value)
 RL_SHARE = 4  # the default RL budget is a quarter of the tier's pretraining budget
-WARMUP_LR, WARMUP_STEPS = 3e-3, 800  # the warm-up SFT: adamw at this lr for this many steps (on the tiny
-# tier it takes `reverse` to a sampled reward of about 0.4, so most groups of 8 have rewards to compare)
+WARMUP_LR = 3e-3  # the warm-up SFT: adamw at this lr for ``format_steps`` steps (800 by default: on the
+# tiny tier that takes `reverse` to a sampled reward of about 0.4, so most groups of 8 have rewards to
+# compare; a larger tier learns the format faster and needs fewer)
 
 
 def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
@@ -74,8 +75,9 @@ def warmup_config(cfg: TrainConfig) -> TrainConfig:
     from optispace.proxies.train import TrainConfig
 
     return TrainConfig(recipe="adamw", proxy=cfg.proxy, regime="sft", pairs=f"task:{cfg.task}", init=cfg.init,
-                       lr=WARMUP_LR, tokens=WARMUP_STEPS * cfg.tier.tokens_per_step, new_rows=cfg.new_rows,
-                       data=cfg.data, device=cfg.device, cache_dir=cfg.cache_dir, shape=cfg.shape)
+                       lr=WARMUP_LR, tokens=cfg.format_steps * cfg.tier.tokens_per_step,
+                       new_rows=cfg.new_rows, data=cfg.data, device=cfg.device, cache_dir=cfg.cache_dir,
+                       shape=cfg.shape)
 
 
 class RL:

@@ -71,6 +71,7 @@ class TrainConfig:
     clip: float = 0.2
     kl: float = 0.0
     updates_per_batch: int = 1
+    format_steps: int = 800
     shape: Mapping[str, float] = field(default_factory=dict)
     parallel: str = "ddp"
 
@@ -124,6 +125,8 @@ class TrainConfig:
             (self.kl >= 0, "kl", self.kl, "a KL weight >= 0"),
             (self.updates_per_batch >= 1, "updates_per_batch", self.updates_per_batch,
              "a number of policy updates per batch of samples >= 1"),
+            (self.format_steps >= 1, "format_steps", self.format_steps,
+             "a number of steps >= 1 of the SFT run that fits the policy to the task's format"),
         ]
 
     def as_dict(self) -> dict:

@@ -647,7 +647,7 @@ def _regime_keys() -> dict[str, Callable[[Any], str | None]]:
 
     return {"init": _checkpoint, "pairs": _pairs, "new_rows": _one_of(NEW_ROWS),
             "task": _one_of(tuple(TASKS)), "group_size": _integer(2), "clip": _real(0.0, open_low=True),
-            "kl": _real(0.0), "updates_per_batch": _integer(1)}
+            "kl": _real(0.0), "updates_per_batch": _integer(1), "format_steps": _integer(1)}
 
 
 def _roles(table: _Table) -> dict[str, RoleSpace]:
