@@ -51,6 +51,9 @@ The user attributes, field by field (attribute names in brackets):
   [``failure_step``].
 - ``regime`` [``regime``] and ``scale`` [``scale.<axis>``]: the kind of run and the scale axes of
   the proxy, for searches that vary them (absent otherwise).
+- ``seed_metrics`` [``metric.<name>``]: per seed, each of the regime's final measurements
+  (``RunRecord.metrics``: sft ``forgetting``, ``pretrain_val_loss_start`` and ``_end``; rl
+  ``reward``), ``None`` where that seed diverged or never ran; absent in pretraining, which has none.
 
 ``study.user_attrs`` (written by ``optispace.search.study``): ``search`` (the parsed search file as
 a dict), ``question``, ``tolerance``, ``objectives``, ``proxy``, ``penalty``, ``seeds``.
@@ -73,6 +76,7 @@ if TYPE_CHECKING:
 
     from optispace.chain import Chain
 
+_PerSeed = tuple[float | None, ...]
 #: Primitives that do nothing at a rate of 0 (the named recipes leave them out too).
 _IDLE_AT_ZERO_RATE = ("weight_decay", "l2")
 
@@ -117,6 +121,7 @@ class TrialRecord:
     failure_step: int | None = None
     regime: str | None = None
     scale: Mapping[str, float] = field(default_factory=dict)
+    seed_metrics: Mapping[str, tuple[float | None, ...]] = field(default_factory=dict)
 
     @property
     def structure(self) -> str | None:
@@ -149,6 +154,7 @@ _SCALARS = (
 _ROLE_FIELDS = {"trained_chain": "trained", "chain": "label", "lr": "lr", "state_bytes": "state_bytes"}
 _PROBE = "probe"
 _SCALE = "scale"
+_METRIC = "metric"
 #: The scale axes a search may sweep (``[proxy]`` keys), in the order a trial's ``scale`` lists them.
 SCALE_AXES = ("vocab", "dim", "layers", "heads", "batch_size", "seq_len", "tokens")
 
@@ -175,6 +181,7 @@ def attributes(record: TrialRecord) -> dict[str, Any]:
     if record.curve is not None:
         attrs["curve"] = [[step, loss] for step, loss in record.curve]
     attrs.update({f"{_SCALE}.{axis}": value for axis, value in record.scale.items()})
+    attrs.update({f"{_METRIC}.{name}": list(values) for name, values in record.seed_metrics.items()})
     return attrs
 
 
@@ -191,7 +198,7 @@ def read(trial: FrozenTrial) -> TrialRecord:
 
 def from_attributes(attrs: Mapping[str, Any]) -> TrialRecord:
     """The record whose :func:`attributes` are ``attrs``; attributes it does not know are ignored."""
-    roles, probe_values, scale = _prefixed(attrs)
+    roles, probe_values, scale, seed_metrics = _prefixed(attrs)
     seeds, losses, curve = attrs.get("seeds"), attrs.get("seed_losses"), attrs.get("curve")
     return TrialRecord(
         roles=roles,
@@ -211,16 +218,19 @@ def from_attributes(attrs: Mapping[str, Any]) -> TrialRecord:
         failure_step=_int(attrs.get("failure_step")),
         regime=attrs.get("regime"),
         scale=scale,
+        seed_metrics=seed_metrics,
     )
 
 
 def _prefixed(
     attrs: Mapping[str, Any],
-) -> tuple[dict[str, RoleRun], dict[str, float | None], dict[str, float]]:
-    """The attributes named ``<prefix>.<name>``, in one pass: the roles' runs, probe values, scale axes."""
+) -> tuple[dict[str, RoleRun], dict[str, float | None], dict[str, float], dict[str, _PerSeed]]:
+    """The attributes named ``<prefix>.<name>``, in one pass: the roles' runs, probe values, scale axes,
+    per-seed metrics."""
     fields: dict[str, dict[str, Any]] = {}
     probe_values: dict[str, float | None] = {}
     scale: dict[str, float] = {}
+    metrics: dict[str, _PerSeed] = {}
     for key, value in attrs.items():
         prefix, _, name = key.partition(".")
         if not name:
@@ -231,12 +241,14 @@ def _prefixed(
             probe_values[name] = _float(value)
         elif prefix == _SCALE:
             scale[name] = float(value)
+        elif prefix == _METRIC:
+            metrics[name] = tuple(_float(x) for x in value)
     runs = {}
     for role in sorted(fields, key=role_sort_key):
         f = fields[role]
         label, trained = _label_as_trained(f.get("label"), f.get("trained"))
         runs[role] = RoleRun(trained, label, _float(f.get("lr")), _int(f.get("state_bytes")))
-    return runs, probe_values, scale
+    return runs, probe_values, scale, metrics
 
 
 def _label_as_trained(label: str | None, trained: str | None) -> tuple[str | None, str | None]:

@@ -86,6 +86,28 @@ def test_the_section_says_which_is_better_and_is_the_same_bytes_twice(study: opt
     assert "| ember_row | ember |" in section
 
 
+@dataclass(frozen=True)
+class ForgettingTrainer(LabelTrainer):
+    """LabelTrainer's losses, and a forgetting of ``seed / 10``, plus 0.5 for Ember's tables."""
+
+    def __call__(self, config: dict, on_eval) -> RunRecord:
+        record = super().__call__(config, on_eval)
+        factored = "factored" in config["recipe"]["embed"]
+        record.metrics = {"forgetting": config["seed"] / 10 + (0.5 if factored else 0.0)}
+        return record
+
+
+def test_the_regimes_measurements_are_averaged_over_the_best_trials_seeds(searched, tmp_path) -> None:
+    report = build_report(searched(SEARCH.replace('"versus"', '"forgetful"'), ForgettingTrainer(), 6))
+    forgetting = [m for m in report.trials["metric.forgetting"].to_list() if m is not None]
+    assert pytest.approx([0.0, 0.1, 0.2]) in forgetting  # per seed, on the trial
+    rows = report.versus.rows(named=True)
+    assert [r["forgetting"] for r in rows] == pytest.approx([0.1, 0.6, 0.6])
+    write_report(report, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "*forgetting*: the pretraining val loss at the end of fine-tuning minus at its start" in text
+
+
 def test_a_maximized_objective_picks_the_greatest_and_calls_more_better() -> None:
     roles = ("embed", "head", "matrix", "vector")
     labels = ["adamw", "ember"]

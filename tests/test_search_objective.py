@@ -47,10 +47,12 @@ def test_trials_train_in_the_searchs_regime_and_record_it():
         assert settings.pop("nproc") == 1
         seen.append(TrainConfig(**settings))
         return RunRecord(config=config, corpus={"fingerprint": "f"}, final_val_loss=0.75,
-                         state_bytes={"embed": 8}, regime="rl", objective="reward_error")
+                         state_bytes={"embed": 8}, regime="rl", objective="reward_error",
+                         metrics={"reward": 0.25})
 
     study = optuna.create_study()
     study.optimize(Objective(spec, trainer), n_trials=1)
     (cfg,) = seen
     assert (cfg.regime, cfg.task, cfg.group_size, cfg.kl) == ("rl", "addition", 4, 0.0)
     assert study.trials[0].user_attrs["regime"] == "rl" and study.trials[0].values == [0.75]
+    assert study.trials[0].user_attrs["metric.reward"] == [0.25]  # the regime's measurement, per seed

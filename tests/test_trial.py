@@ -63,6 +63,7 @@ records = st.builds(
     failure_step=st.none() | st.integers(0, 10**6),
     regime=st.none() | text,
     scale=st.dictionaries(names, finite),
+    seed_metrics=st.dictionaries(names, st.lists(st.none() | finite).map(tuple)),
 )
 
 

@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 
 START_FORMAT = 1  # bump when a cached run's recipe changes, so old caches are not reused
 BASE_RECIPE = "adamw"  # the cached pretraining run: this recipe at its lr, the tier's default budget
-_NOT_IDENTITY = ("device", "compile", "cache_dir", "parallel")  # settings that do not change the weights
+# Settings that do not change a cached run's weights. A cached run is a pretrain or sft run, where
+# format_steps does nothing (an rl run turns it into its warm-up's tokens, which are in the key).
+_NOT_IDENTITY = ("device", "compile", "cache_dir", "parallel", "format_steps")
 
 
 def start_weights(cfg: TrainConfig, tier: Tier, corpus: dict) -> dict[str, torch.Tensor]:

@@ -6,7 +6,9 @@ Per label (the trial's ``recipe`` parameter): its best finished trial by mean ob
 sample sd over seeds and optimizer state bytes, whether that lr is at an end of the lrs the label
 tried (``lr_edge``), and the paired difference to adamw's best trial
 (``scaling.gaps``: per seed both finished, label minus adamw; mean, and standard error
-``sd / sqrt(n)``). adamw first, then the labels in order.
+``sd / sqrt(n)``), then the mean over seeds of each of the regime's other measurements of that
+trial (a column per name: sft ``forgetting``, ...; none in pretraining). adamw first, then the
+labels in order.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 import polars as pl
 
+from optispace.report.frames import METRIC_PREFIX
 from optispace.report.scaling import REFERENCE, best_of, gaps, scale_axes, with_groups, with_lr_edges
 
 _GROUP = "group"
@@ -48,5 +51,7 @@ def against_reference(
             pl.col(_GROUP).alias("label"), "recipe", "best_lr", "lr_edge", "best_loss", "seed_sd",
             pl.col("gap").alias("difference"), "difference_se", "paired_seeds", "state_bytes", "n_trials",
             "best_trial",
+            *[pl.col(c).list.drop_nulls().list.mean().alias(c.removeprefix(METRIC_PREFIX))
+              for c in best.columns if c.startswith(METRIC_PREFIX)],
         )
     )

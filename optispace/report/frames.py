@@ -6,9 +6,9 @@ attributes, a crashed one may lack most of them, and a parameter sampled only un
 (a conditional parameter) is null where inactive. Column types come from a schema built over all
 trials, never from the first one, so a parameter or attribute that first appears late is kept.
 
-- ``trials_frame``: one row per trial, sorted by trial number; ``regime``, ``scale.<axis>`` and
-  ``probe.<name>`` columns (and ``probes``, the probes' results as JSON) only when some trial
-  recorded them.
+- ``trials_frame``: one row per trial, sorted by trial number; ``regime``, ``scale.<axis>``,
+  ``metric.<name>`` (per seed, a list) and ``probe.<name>`` columns (and ``probes``, the probes'
+  results as JSON) only when some trial recorded them.
 - ``curves_frame``: one row per evaluation (trial, step, tokens, val loss).
 - ``params_frame``: one row per sampled parameter: its role, family and distribution.
 
@@ -34,6 +34,7 @@ from optispace.trial import TrialRecord, read, role_sort_key
 
 PARAM_PREFIX = "param."
 PROBE_PREFIX = "probe."
+METRIC_PREFIX = "metric."
 
 # Per-role columns "<family>.<role>": the record's RoleRun field and the column type.
 _ROLE_COLUMNS: dict[str, tuple[str, pl.DataType]] = {
@@ -108,6 +109,9 @@ def trials_frame(trials: Sequence[FrozenTrial]) -> pl.DataFrame:
         columns["regime"] = column("regime", pl.String(), attrgetter("regime"))
     for axis in sorted({axis for r in records for axis in r.scale}):
         columns[f"scale.{axis}"] = column(f"scale.{axis}", pl.Float64(), lambda r, a=axis: r.scale.get(a))
+    for name in sorted({name for r in records for name in r.seed_metrics}):
+        columns[METRIC_PREFIX + name] = column(METRIC_PREFIX + name, pl.List(pl.Float64()),
+                                               lambda r, n=name: r.seed_metrics.get(n))
     columns.update(_probe_columns(records))
     columns.update(_param_columns(trials))
     return pl.DataFrame(columns)

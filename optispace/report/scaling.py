@@ -21,8 +21,10 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import polars.selectors as cs
 
 from optispace.report.analyses import lr_edge
+from optispace.report.frames import METRIC_PREFIX
 from optispace.trial import SCALE_AXES
 
 REFERENCE = "adamw"
@@ -87,7 +89,8 @@ def best_at(trials: pl.DataFrame, axes: list[str]) -> pl.DataFrame:
 def best_of(trials: pl.DataFrame, by: list[str], maximize: bool = False) -> pl.DataFrame:
     """Per group and value of the ``by`` columns: the best finished trial (least mean objective over
     seeds, greatest when ``maximize``; ties to the lower trial number), its objective, the sample
-    sd of its per-seed values, its lr (the matrix role's), state bytes and the number of trials."""
+    sd of its per-seed values, its lr (the matrix role's), state bytes, the number of trials, and its
+    per-seed regime measurements (``metric.<name>``) when the trials have them."""
     lr = "lr.matrix" if "lr.matrix" in trials.columns else None
     done = trials.filter(pl.col("val_loss").is_not_null(), *[pl.col(c).is_not_null() for c in by])
     if done.is_empty():
@@ -107,6 +110,7 @@ def best_of(trials: pl.DataFrame, by: list[str], maximize: bool = False) -> pl.D
         "state_bytes",
         "seeds",
         "seed_losses",
+        cs.starts_with(METRIC_PREFIX),
     ).sort(_GROUP, *by)
 
 

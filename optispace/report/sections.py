@@ -312,11 +312,29 @@ def _versus_section(r: Report) -> str:
         f"against {REFERENCE} at its own best lr: *Δ* is the recipe's {words} minus {REFERENCE}'s, seed "
         "by seed over the seeds both finished, averaged, with its standard error (sd / √n); *state* "
         "is the optimizer state bytes. The best of several lrs is biased toward luck, more so with "
-        "fewer seeds.\n\n" + lead + " ".join(s for s in sentences if s) + "\n\n"
+        f"fewer seeds.{_metrics_note(v)}\n\n" + lead + " ".join(s for s in sentences if s) + "\n\n"
         + _paragraph(_recipe_edge_warning(v.rename({"label": "group"})))
         + table(v.rename({"label": "recipe label", "recipe": "trains", "lr_edge": "lr edge",
                           "difference": f"Δ vs {REFERENCE}"}))
     )
+
+
+def _metrics_note(v: pl.DataFrame) -> str:
+    """What the columns after *trial* are, when the regime measured more than its objective."""
+    extra = v.columns[v.columns.index("best_trial") + 1:]
+    if not extra:
+        return ""
+    said = "; ".join(f"*{name}*: {_METRIC_WORDS.get(name, 'as the run records it')}" for name in extra)
+    return (" The last columns are the run's other final measurements, each the mean over that trial's "
+            f"seeds ({said}).")
+
+
+_METRIC_WORDS = {
+    "forgetting": "the pretraining val loss at the end of fine-tuning minus at its start",
+    "pretrain_val_loss_start": "the pretraining val loss of the starting checkpoint",
+    "pretrain_val_loss_end": "the pretraining val loss after fine-tuning",
+    "reward": "the held-out exact-match reward",
+}
 
 
 def _versus_sentence(row: dict, ref: dict | None, words: str, maximize: bool) -> str:

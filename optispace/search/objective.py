@@ -219,8 +219,13 @@ def _record_configuration(
 def _run_record(
     records: list[Record], losses: list[float | None], per_step: int, probes: bool
 ) -> TrialRecord:
-    """What the seeds' runs give a trial; the probes' results (``probe_summaries``) are the first seed's."""
+    """What the seeds' runs give a trial (``losses``: one per seed of the search); the probes' results
+    (``probe_summaries``) are the first seed's."""
     first = records[0]
+    missing = (None,) * (len(losses) - len(records))
+    metrics = {name: tuple(None if r.diverged or r.metrics.get(name) is None else float(r.metrics[name])
+                           for r in records) + missing
+               for name in sorted(first.metrics)}
     return TrialRecord(
         roles={role: RoleRun(state_bytes=nbytes) for role, nbytes in first.state_bytes.items()},
         seed_losses=tuple(losses),
@@ -234,4 +239,5 @@ def _run_record(
             for name, result in first.probes.items()
         },
         probes=probe_summaries(first.probes) if probes else None,
+        seed_metrics=metrics,
     )
