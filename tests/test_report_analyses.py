@@ -90,6 +90,26 @@ def test_choice_map_shares(suff, trials, params):
     assert shares["role"].to_list() == ["embed"] * 3 + ["matrix"] * 2
 
 
+def test_choice_map_marginal_effect_is_the_best_structure_using_the_choice(suff, trials, params):
+    shares = analyses.choice_map(suff, trials, params)
+    got = {(r["role"], r["choice"]): (r["best_using"], r["gap"]) for r in shares.iter_rows(named=True)}
+    # embed `factored` is used by ember (+0.005) and the unstable structure (+0.23): the best counts.
+    assert got[("embed", "factored")] == ("S2", pytest.approx(0.005))
+    assert got[("embed", "none")] == ("S4", pytest.approx(0.1))
+    assert got[("embed", "full")] == ("S1", 0.0)
+    assert got[("matrix", "yes")] == ("S3", pytest.approx(0.018))
+    row = shares.filter(pl.col("choice") == "yes").row(0, named=True)
+    assert row["gap_se"] == pytest.approx(0.006 / math.sqrt(3))
+
+
+def test_choice_map_leaves_an_unused_choice_without_a_marginal_effect(trials, params):
+    adam_only = trials.filter(pl.col("chain.embed").str.starts_with("momentum"))
+    suff = analyses.sufficiency(analyses.structures(adam_only), KNOWN_TOLERANCE)
+    shares = analyses.choice_map(suff, adam_only, params)
+    row = shares.filter((pl.col("role") == "embed") & (pl.col("choice") == "none")).row(0, named=True)
+    assert (row["explored_using"], row["best_using"], row["gap"], row["gap_se"]) == (0, None, None, None)
+
+
 def test_importance_covers_conditional_parameters(study, params):
     imp, note = analyses.importance(study, params)
     assert note is None

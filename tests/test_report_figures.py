@@ -37,6 +37,7 @@ def draw_all(report, folder):
         ),
         figures.curves_figure(report.best_curves, folder / "curves.png"),
         figures.map_figure(report.shares, folder / "map.png"),
+        figures.marginal_figure(report.shares, 0.02, folder / "marginal.png"),
     ]
 
 

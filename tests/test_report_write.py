@@ -29,6 +29,7 @@ def test_writes_markdown_figures_and_parquet(written):
             "trials.parquet",
             "curves.parquet",
             "map.png",
+            "marginal.png",
             "pareto.png",
             "sensitivity.png",
             "curves.png",
@@ -50,6 +51,8 @@ def test_markdown_states_question_setup_answer_and_tables(written):
     answer = md.split("## Answer\n\n")[1].split("\n")[0]
     assert "3 of 5 suffice" in answer and "S3 is borderline" in answer
     assert "reaches a val loss of 3.3000" in answer
+    never = "None uses second_moment `none` on embed (its best: +0.1000 vs S1), though the search tried it."
+    assert never in answer
     assert "| S2 | 4 | 3.3050 | +0.0050 |" in md  # ember: its best trial is number 4, at lr 3e-3
 
 

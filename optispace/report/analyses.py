@@ -7,7 +7,8 @@ here is sorted, so the report written from it is the same byte for byte on every
 - ``structures``: per structure the best loss over its trials, counts, seed spread, divergence rate
 - ``sufficiency``: which structures come within a tolerance of the best one, judged on paired
   per-seed differences where the structures share seeds
-- ``choice_map``: per role and primitive family, the share of sufficient structures using each choice
+- ``choice_map``: per role and primitive family, the share of sufficient structures using each choice,
+  and its marginal effect: the least difference to the best of any structure using it
 - ``importance``: Optuna's PED-ANOVA importance of each parameter, and summed per role
 - ``pareto_front``: the trials no other trial beats on both val loss and optimizer state bytes
 - ``lr_sensitivity``: per structure and role, the lr range whose loss stays within the tolerance
@@ -155,15 +156,21 @@ def _per_seed_losses(structs: pl.DataFrame) -> pl.DataFrame:
 
 
 def choice_map(suff: pl.DataFrame, trials: pl.DataFrame, params: pl.DataFrame) -> pl.DataFrame:
-    """Per role, family and choice: the share of sufficient structures (and of all) using it.
+    """Per role, family and choice: the share of sufficient structures (and of all) using it, and
+    the marginal effect of the choice.
 
     A structure's choices are the categorical parameters of its best trial. ``share`` =
     (sufficient structures using the choice) / (sufficient structures); a family a structure did
-    not sample (a conditional one) counts in the denominator only. Every choice the distribution
-    offers is listed, used or not, in the distribution's order.
+    not sample (a conditional one) counts in the denominator only. The marginal effect is the cost
+    of committing the role to the choice: ``gap`` = min over structures using it of their
+    difference to S1 (paired, ``sufficiency``), ``gap_se`` its standard error and ``best_using``
+    that structure's label (null when no finished structure used it). Every choice the
+    distribution offers is listed, used or not, in the distribution's order.
     """
     categorical = params.filter(pl.col("kind") == "categorical").sort("name")
-    finished = suff.filter(pl.col("best_loss").is_not_null()).select("sufficient", number="best_trial")
+    finished = suff.filter(pl.col("best_loss").is_not_null()).select(
+        "sufficient", "rank", "label", "difference", "difference_se", number="best_trial"
+    )
     chosen = finished.join(trials, on="number", how="left")
     n_sufficient = int(finished["sufficient"].sum())
     rows = []
@@ -173,6 +180,7 @@ def choice_map(suff: pl.DataFrame, trials: pl.DataFrame, params: pl.DataFrame) -
             uses = column == choice
             used_sufficient = int((uses & chosen["sufficient"]).sum())
             used_all = int(uses.sum())
+            best = chosen.filter(uses).sort("difference", "rank", nulls_last=True).head(1).to_dicts()
             rows.append(
                 {
                     "role": p["role"],
@@ -183,6 +191,9 @@ def choice_map(suff: pl.DataFrame, trials: pl.DataFrame, params: pl.DataFrame) -
                     "share": used_sufficient / n_sufficient if n_sufficient else None,
                     "explored_using": used_all,
                     "explored_share": used_all / len(finished) if len(finished) else None,
+                    "best_using": best[0]["label"] if best else None,
+                    "gap": best[0]["difference"] if best else None,
+                    "gap_se": best[0]["difference_se"] if best else None,
                 }
             )
     schema = {
@@ -194,6 +205,9 @@ def choice_map(suff: pl.DataFrame, trials: pl.DataFrame, params: pl.DataFrame) -
         "share": pl.Float64,
         "explored_using": pl.Int64,
         "explored_share": pl.Float64,
+        "best_using": pl.String,
+        "gap": pl.Float64,
+        "gap_se": pl.Float64,
     }
     frame = pl.DataFrame(rows, schema=schema, orient="row")
     return frame.sort(_role_rank(frame), "family", "order").drop("order")

@@ -10,13 +10,14 @@ Helpers other reports reuse (the probe report does):
 - ``COLORS``: the colour of the k-th series, the same in every figure of a report.
 
 The report's own figures: ``pareto_figure``, ``sensitivity_figure``, ``curves_figure``,
-``map_figure``, ``scaling_figure``. Each takes frames from ``optispace.report.analyses`` (or
-``optispace.report.scaling``) and a path, and returns the path.
+``map_figure``, ``marginal_figure``, ``scaling_figure``. Each takes frames from
+``optispace.report.analyses`` (or ``optispace.report.scaling``) and a path, and returns the path.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +186,34 @@ def map_figure(shares: pl.DataFrame, path: Path) -> Path:
 
     ``shares``: role, family, choice, share; a role that does not offer a choice is left blank.
     """
+    fig, ax = _choice_grid(
+        shares, "share", "{:.0%}".format, cmap="viridis", vmin=0.0, vmax=1.0, dark=lambda v: v < 0.6
+    )
+    ax.set_title("Share of sufficient structures using each choice")
+    fig.colorbar(ax.images[0], ax=ax, label="share of sufficient structures", shrink=0.9)
+    return save_png(fig, path)
+
+
+def marginal_figure(shares: pl.DataFrame, tolerance: float, path: Path) -> Path:
+    """Heat map, role x (family: choice): ``gap``, the least difference to S1 of a structure using
+    the choice, i.e. the loss given up by committing the role to it; the colour saturates at ten
+    tolerances and a choice no finished structure used is left blank.
+    """
+    top = 10 * tolerance
+    fig, ax = _choice_grid(
+        shares, "gap", "{:+.3f}".format, cmap="viridis_r", vmin=0.0, vmax=top, dark=lambda v: v >= 0.4 * top
+    )
+    ax.set_title(f"Cost of committing a role to a choice (tolerance {tolerance:g})")
+    fig.colorbar(ax.images[0], ax=ax, label="Δ vs S1, best structure using it", shrink=0.9)
+    return save_png(fig, path)
+
+
+def _choice_grid(
+    shares: pl.DataFrame, column: str, text: Callable[[float], str], *, cmap: str, vmin: float, vmax: float,
+    dark: Callable[[float], bool],
+) -> tuple[Figure, Any]:
+    """A role x (family: choice) heat map of ``shares[column]``, each cell labelled with ``text``, in
+    white where ``dark(value)`` says the colour under it is dark."""
     # Columns grouped by family (in order of first appearance), choices in order within a family.
     pairs = list(dict.fromkeys(zip(shares["family"], shares["choice"], strict=True)))
     families = list(dict.fromkeys(f for f, _ in pairs))
@@ -193,23 +222,16 @@ def map_figure(shares: pl.DataFrame, path: Path) -> Path:
     roles = list(dict.fromkeys(shares["role"].to_list()))
     grid = np.full((len(roles), len(columns)), np.nan)
     for row in shares.iter_rows(named=True):
-        if row["share"] is not None:
-            grid[roles.index(row["role"]), columns.index(f"{row['family']}: {row['choice']}")] = row["share"]
+        if row[column] is not None:
+            grid[roles.index(row["role"]), columns.index(f"{row['family']}: {row['choice']}")] = row[column]
     fig, ax = new_figure(width=max(5.0, 0.55 * len(columns) + 2.5), height=1.0 + 0.55 * len(roles) + 1.8)
-    image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
     ax.set_facecolor("#eeeeee")
     ax.grid(False)
     for i, j in zip(*np.nonzero(~np.isnan(grid)), strict=True):
-        value = grid[i, j]
-        ax.text(
-            j,
-            i,
-            f"{value:.0%}",
-            ha="center",
-            va="center",
-            fontsize=8,
-            color="white" if value < 0.6 else "black",
-        )
+        value = float(grid[i, j])
+        colour = "white" if dark(value) else "black"
+        ax.text(j, i, text(value), ha="center", va="center", fontsize=8, color=colour)
     for j in range(1, len(pairs)):
         if pairs[j][0] != pairs[j - 1][0]:
             ax.axvline(j - 0.5, color="white", linewidth=3)
@@ -217,9 +239,7 @@ def map_figure(shares: pl.DataFrame, path: Path) -> Path:
     ax.set_yticks(range(len(roles)), roles)
     ax.set_xlabel("primitive family: choice")
     ax.set_ylabel("parameter role")
-    ax.set_title("Share of sufficient structures using each choice")
-    fig.colorbar(image, ax=ax, label="share of sufficient structures", shrink=0.9)
-    return save_png(fig, path)
+    return fig, ax
 
 
 def _bytes_axis(ax: Any, values: pl.Series) -> None:

@@ -158,15 +158,19 @@ def _map_sentences(shares: pl.DataFrame, n_sufficient: int) -> list[str]:
     if not never.is_empty():
         out.append(
             "None uses "
-            + _choices(never)
+            + _choices(never.sort("gap", descending=True), with_gap=True)
             + ", though the search tried "
             + ("it." if len(never) == 1 else "them.")
         )
     return out
 
 
-def _choices(rows: pl.DataFrame, most: int = 4) -> str:
-    return _names([f"{r['family']} `{r['choice']}` on {r['role']}" for r in rows.iter_rows(named=True)], most)
+def _choices(rows: pl.DataFrame, most: int = 4, with_gap: bool = False) -> str:
+    def name(r: dict) -> str:
+        gap = f" (its best: {fmt_signed(r['gap'])} vs S1)" if with_gap and r["gap"] is not None else ""
+        return f"{r['family']} `{r['choice']}` on {r['role']}{gap}"
+
+    return _names([name(r) for r in rows.iter_rows(named=True)], most)
 
 
 def _memory_sentence(suff: pl.DataFrame, best: dict) -> list[str]:
@@ -253,15 +257,21 @@ def _map_section(r: Report, drawn: Collection[str]) -> str:
         return "## The map\n\nThe study sampled no categorical choice, so there is no map.\n"
     n_suff = int(r.structures["sufficient"].sum())
     head = (
-        "## The map: which choices the sufficient structures use\n\n"
+        "## The map: which choices the sufficient structures use, and what each choice costs\n\n"
         f"Per role and primitive family, the share of the {n_suff} sufficient structures whose best "
         "trial used each choice, beside its share among all structures that finished (a choice far "
-        "more common among the sufficient than among all is one that matters).\n\n"
+        "more common among the sufficient than among all is one that matters). The marginal effect "
+        "of a choice is the cost of committing the role to it: the difference to S1 of the best "
+        "structure using it (paired over seeds, with its standard error). A choice costs nothing "
+        f"that matters when that is within the tolerance ({r.tolerance:g}); the best of few trials "
+        "is biased high, so a large cost on a rarely tried choice is an upper bound.\n\n"
     )
-    figure = ""
+    figures_md = ""
     if "map.png" in drawn:
-        figure = "![Share of sufficient structures using each choice, per role](map.png)\n\n"
-    return head + figure + table(r.shares)
+        figures_md += "![Share of sufficient structures using each choice, per role](map.png)\n\n"
+    if "marginal.png" in drawn:
+        figures_md += "![Cost of committing each role to each choice](marginal.png)\n\n"
+    return head + figures_md + table(r.shares)
 
 
 def _importance_section(r: Report) -> str:

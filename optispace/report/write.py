@@ -29,12 +29,14 @@ def write_report(report: Report, out: Path) -> list[Path]:
 
 
 def draw_figures(report: Report, out: Path) -> list[Path]:
-    """Draw each figure the report has data for into ``out``: map, Pareto front, lr sensitivity, curves,
-    scaling."""
+    """Draw each figure the report has data for into ``out``: map, marginal effects, Pareto front, lr
+    sensitivity, curves, scaling."""
     r = report
     drawn = []
     if not r.shares.is_empty() and r.structures["sufficient"].sum():
         drawn.append(figures.map_figure(r.shares, out / "map.png"))
+    if not r.shares.is_empty() and r.shares["gap"].is_not_null().any():
+        drawn.append(figures.marginal_figure(r.shares, r.tolerance, out / "marginal.png"))
     if not r.front.is_empty():
         points = r.trials.filter(pl.col("val_loss").is_not_null() & pl.col("state_bytes").is_not_null())
         drawn.append(figures.pareto_figure(points, r.front, r.structures, out / "pareto.png",
