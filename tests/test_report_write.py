@@ -60,9 +60,17 @@ def test_unfinished_trials_are_named_as_such(written):
     _, out, _ = written
     md = (out / "report.md").read_text()
     section = md.split("## Trials that did not finish")[1].split("##")[0]
-    for state in ("DIVERGED", "FAIL", "PRUNED", "RUNNING"):
+    for state in ("DIVERGED", "FAIL", "RUNNING"):
         assert f"| {state} |" in section
     assert "crashed: out of memory" in section
+
+
+def test_pruned_trials_are_counted_by_their_last_step(written):
+    _, out, _ = written
+    section = (out / "report.md").read_text().split("## Trials that did not finish")[1].split("##")[0]
+    assert "| PRUNED |" not in section
+    assert "The pruner stopped 1 trial on the first seed's curve" in section
+    assert "| last step | pruned |\n| ---: | ---: |\n| 200 | 1 |" in section  # its curve ends at 200
 
 
 def test_parquet_round_trips_the_frames(written):

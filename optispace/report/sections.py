@@ -486,17 +486,34 @@ def _unfinished_section(r: Report) -> str:
     if rest.is_empty():
         return ""
     last = r.curves.group_by("number").agg(last_step=pl.col("step").max())
-    shown = (
+    named = (
         rest.join(last, on="number", how="left")
         .join(r.structures.select("structure", "label"), on="structure", how="left")
         .with_columns(state=pl.when("diverged").then(pl.lit("DIVERGED")).otherwise("state"))
+    )
+    shown = (
+        named.filter(pl.col("state") != "PRUNED")
         .select("number", "state", "failure", "failure_step", "last_step", "label")
         .sort("number")
     )
-    return (
+    text = (
         "## Trials that did not finish\n\n"
         "Diverged trials count as COMPLETE for Optuna (with the penalty as their value); here they "
-        "are named as such. *last step*: the last evaluation reported.\n\n" + table(shown)
+        "are named as such. *last step*: the last evaluation reported.\n\n"
+    )
+    return text + (table(shown) if not shown.is_empty() else "") + _pruned_summary(named)
+
+
+def _pruned_summary(named: pl.DataFrame) -> str:
+    """Pruned trials counted by the last step they reported (a hyperband study prunes most trials)."""
+    pruned = named.filter(pl.col("state") == "PRUNED")
+    if pruned.is_empty():
+        return ""
+    by_step = pruned.group_by("last_step").agg(n_pruned=pl.len()).sort("last_step", nulls_last=True)
+    return (
+        f"\nThe pruner stopped {len(pruned)} trial{'s' if len(pruned) != 1 else ''} on the first seed's "
+        "curve, counted here by the last step they reported (each one is a row of "
+        "`trials.parquet`).\n\n" + table(by_step)
     )
 
 
