@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from optispace.proxies.train import RunRecord
 from optispace.report.build import build_report
-from optispace.report.scaling import best_at, gaps, power_law, recipe_lr_ranges, scale_axes
+from optispace.report.scaling import best_at, gaps, point_gaps, power_law, recipe_lr_ranges, scale_axes
 from optispace.report.sections import markdown
 from optispace.report.write import write_report
 
@@ -64,6 +64,32 @@ def test_best_per_value_and_paired_gaps_are_the_known_ones() -> None:
     ]
     gap = gaps(best)  # ember at dim 16 against adamw's best there, seed by seed: -0.4 and 0.0
     assert gap.rows() == [("ember", "dim", 16.0, pytest.approx(-0.2), pytest.approx(math.sqrt(0.08)), 2)]
+
+
+def test_the_gap_at_each_grid_point_pairs_the_best_trials_at_that_point() -> None:
+    # At (16, 4) ember beats adamw; at (16, 8) adamw is best overall, so the best over batch sizes
+    # at dim 16 hides the first point. ember at (32, 4) has no adamw to pair with.
+    trials = pl.DataFrame(
+        {
+            "number": [0, 1, 2, 3, 4, 5],
+            "group": ["adamw", "ember", "adamw", "ember", "adamw", "ember"],
+            "val_loss": [3.1, 2.95, 2.5, 2.6, 2.7, 2.0],
+            "scale.dim": [16.0, 16.0, 16.0, 16.0, 16.0, 32.0],
+            "scale.batch_size": [4.0, 4.0, 8.0, 8.0, 8.0, 4.0],
+            "lr.matrix": [1e-3, 3e-3, 1e-3, 1e-2, 3e-3, 1e-2],
+            "state_bytes": [8] * 6,
+            "seeds": [[0, 1]] * 6,
+            "seed_losses": [[3.0, 3.2], [2.9, 3.0], [2.5, 2.5], [2.6, 2.6], [2.7, 2.7], [2.0, 2.0]],
+        }
+    )
+    points = point_gaps(trials, ["dim", "batch_size"])
+    assert points.select("group", "scale.dim", "scale.batch_size", "best_lr", "reference_lr").rows() == [
+        ("ember", 16.0, 4.0, 3e-3, 1e-3),
+        ("ember", 16.0, 8.0, 1e-2, 1e-3),
+    ]
+    assert points["gap"].to_list() == pytest.approx([-0.15, 0.1])
+    assert points["gap_se"].to_list() == pytest.approx([math.sqrt(0.005) / math.sqrt(2), 0.0])
+    assert point_gaps(trials, ["dim"]).is_empty()
 
 
 def test_the_swept_axes_are_the_lists_in_proxy() -> None:
@@ -122,6 +148,7 @@ def test_the_section_shows_the_fitted_exponent_and_the_gap(swept_study: optuna.S
     gap = report.scale_gaps.sort("value")
     assert gap["gap"].to_list() == pytest.approx([-0.02 * 5.0 * d**-0.3 for d in (16, 32, 64)])
     assert report.scale_best.filter(pl.col("group") == "adamw")["best_lr"].to_list() == [3e-3] * 3
+    assert report.scale_points.is_empty()  # one axis: its table is the grid
 
 
 def test_a_best_lr_at_an_end_of_the_lrs_tried_is_flagged(swept_study: optuna.Study) -> None:

@@ -44,6 +44,7 @@ class Report:
     scale_best: pl.DataFrame = field(default_factory=pl.DataFrame)
     scale_fits: pl.DataFrame = field(default_factory=pl.DataFrame)
     scale_gaps: pl.DataFrame = field(default_factory=pl.DataFrame)
+    scale_points: pl.DataFrame = field(default_factory=pl.DataFrame)
     #: The "Recipes against adamw" frame (``optispace.report.against``); empty when it does not apply.
     versus: pl.DataFrame = field(default_factory=pl.DataFrame)
 
@@ -78,8 +79,8 @@ def build_report(study: optuna.Study, tolerance: float | None = None) -> Report:
     structs = analyses.sufficiency(analyses.structures(trials), tolerance)
     imp, note = analyses.importance(study, params)
     axes = scaling.scale_axes(info.search)
-    best = scaling.with_lr_edges(scaling.best_at(scaling.with_groups(trials, structs, info.search), axes),
-                                 info.search)
+    grouped = scaling.with_groups(trials, structs, info.search)
+    best = scaling.with_lr_edges(scaling.best_at(grouped, axes), info.search)
     return Report(
         info=info,
         tolerance=tolerance,
@@ -98,5 +99,6 @@ def build_report(study: optuna.Study, tolerance: float | None = None) -> Report:
         scale_best=best,
         scale_fits=scaling.fits(best),
         scale_gaps=scaling.gaps(best),
+        scale_points=scaling.point_gaps(grouped, axes),
         versus=against.against_reference(trials, structs, info.search, info.maximize),
     )

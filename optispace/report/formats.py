@@ -97,6 +97,8 @@ FORMATS: dict[str, Callable] = {
     "gap to adamw": fmt_signed,
     "Δ vs adamw": fmt_signed,
     "gap sd": fmt_loss,
+    "gap se": fmt_loss,
+    "adamw best lr": fmt_lr,
     "exponent": "{:+.3f}".format,
     "r2": "{:.3f}".format,
 }

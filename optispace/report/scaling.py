@@ -9,7 +9,9 @@ label ``S<rank>``). Per group, scale axis and value of that axis:
 - :func:`fits`: the power law ``loss = a * x^b`` fitted to the best losses by least squares in
   log-log space, its exponent ``b``, and ``r2``, the share of the variance of log loss it explains;
 - :func:`gaps`: each group's paired gap to the reference recipe (adamw) at the same value: per
-  seed, group loss minus reference loss of the two best trials, then mean and sample sd over seeds.
+  seed, group loss minus reference loss of the two best trials, then mean and sample sd over seeds;
+- :func:`point_gaps`: with two or more axes swept, the same gap at each point of the grid (the best
+  trial per group and point, not over the other axes), with both best lrs and se = sd / sqrt(n).
 
 Every frame is sorted, so the same study gives the same tables.
 """
@@ -162,6 +164,27 @@ def gaps(best: pl.DataFrame, reference: str = REFERENCE, at: dict[str, pl.DataTy
             sd = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else None
             rows.append((r[_GROUP], *(r[c] for c in at), math.fsum(diffs) / len(diffs), sd, len(diffs)))
     return pl.DataFrame(rows, schema=schema, orient="row").sort(_GROUP, *at)
+
+
+def point_gaps(trials: pl.DataFrame, axes: list[str]) -> pl.DataFrame:
+    """Per group other than the reference and grid point (every swept axis at once): both groups'
+    best lrs there, and the paired gap (``gaps``) with its standard error ``gap_sd / sqrt(n)``."""
+    if len(axes) < 2:
+        return pl.DataFrame()
+    columns = [f"scale.{axis}" for axis in axes]
+    best = best_of(trials, columns)
+    found = gaps(best, at={c: pl.Float64 for c in columns})
+    if found.is_empty():
+        return found
+    lrs = best.select(_GROUP, *columns, "best_lr")
+    reference = lrs.filter(pl.col(_GROUP) == REFERENCE).select(*columns, reference_lr="best_lr")
+    return (
+        found.join(lrs, on=[_GROUP, *columns], how="left")
+        .join(reference, on=columns, how="left")
+        .with_columns(gap_se=pl.col("gap_sd") / pl.col("paired_seeds").sqrt())
+        .select(_GROUP, *columns, "best_lr", "reference_lr", "gap", "gap_sd", "gap_se", "paired_seeds")
+        .sort(_GROUP, *reversed(columns))
+    )
 
 
 def _paired(seeds: list, losses: list, ref_seeds: list, ref_losses: list) -> list[float]:

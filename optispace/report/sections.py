@@ -476,9 +476,26 @@ def _scaling_section(r: Report, drawn: Collection[str]) -> str:
             "best_trial", pl.col("gap").alias("gap to adamw"), pl.col("gap_sd").alias("gap sd"),
         )
         parts.append(f"### Against {axis}\n\n" + table(shown))
+    if not r.scale_points.is_empty():
+        parts.append(_points_part(r))
     if not r.scale_fits.is_empty():
         parts.append("### Power-law fits of the best loss\n\n" + table(r.scale_fits))
     return "\n".join(parts)
+
+
+def _points_part(r: Report) -> str:
+    """The paired gap to adamw at each point of the grid, not the best over the other axes."""
+    from optispace.report.scaling import REFERENCE
+
+    shown = r.scale_points.rename({f"scale.{axis}": axis for axis in r.scale_axes}).rename(
+        {"reference_lr": f"{REFERENCE} best lr", "gap": f"gap to {REFERENCE}", "gap_sd": "gap sd",
+         "gap_se": "gap se"}
+    )
+    return (
+        f"### Gap to {REFERENCE} at each point\n\n"
+        f"At each point of the grid, each group's best trial there against {REFERENCE}'s best trial "
+        "there, paired by seed (*gap se*: gap sd / sqrt(paired seeds)).\n\n" + table(shown)
+    )
 
 
 def _unfinished_section(r: Report) -> str:
