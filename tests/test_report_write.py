@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 from optuna.trial import TrialState
 
-from optispace.report import build_report, write_report
+from optispace.report import build_report, sections, write_report
 from optispace.report.synthetic import known_study, known_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -54,6 +54,12 @@ def test_markdown_states_question_setup_answer_and_tables(written):
     never = "None uses second_moment `none` on embed (its best: +0.1000 vs S1), though the search tried it."
     assert never in answer
     assert "| S2 | 4 | 3.3050 | +0.0050 |" in md  # ember: its best trial is number 4, at lr 3e-3
+
+
+def test_a_saving_under_five_percent_is_called_about_as_much():
+    assert sections._saving(1.02, "5.6 MiB") == ", about as much as S1's 5.6 MiB"
+    assert sections._saving(1.8, "1.1 MiB") == ", 1.8x less than S1's 1.1 MiB"
+    assert sections._saving(None, "1.1 MiB") == ""
 
 
 def test_unfinished_trials_are_named_as_such(written):

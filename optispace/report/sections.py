@@ -182,11 +182,20 @@ def _memory_sentence(suff: pl.DataFrame, best: dict) -> list[str]:
         bytes_text = fmt_bytes(best["state_bytes"])
         return [f"S1 is also the cheapest sufficient structure, at {bytes_text} of optimizer state."]
     ratio = best["state_bytes"] / cheap["state_bytes"] if cheap["state_bytes"] else None
-    saving = f", {ratio:.1f}x less than S1's {fmt_bytes(best['state_bytes'])}" if ratio else ""
+    saving = _saving(ratio, fmt_bytes(best["state_bytes"]))
     return [
         f"The cheapest sufficient structure, {cheap['label']}, keeps {fmt_bytes(cheap['state_bytes'])} "
         f"of optimizer state{saving}."
     ]
+
+
+def _saving(ratio: float | None, best_bytes: str) -> str:
+    """How the cheapest sufficient structure's state compares with S1's; under 5% is no saving."""
+    if not ratio:
+        return ""
+    if ratio < 1.05:
+        return f", about as much as S1's {best_bytes}"
+    return f", {ratio:.1f}x less than S1's {best_bytes}"
 
 
 def _structures_section(r: Report) -> str:
